@@ -1,4 +1,4 @@
-"""The bit-flipping learner (paper_spec §7.3): input -> h hidden units -> 1 output, online regression."""
+"""The bit-flipping learner (paper_spec §7.3): input -> h hidden units -> 1 output (regression)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,13 @@ class BitFlipLearner(nn.Module):
         if len(cfg.hidden_sizes) != 1:
             raise ValueError(f"the bit-flip learner has one hidden layer, got {cfg.hidden_sizes}")
         if len(cfg.in_shape) != 1:
-            raise ValueError(f"the bit-flip learner takes vectors, in_shape=(D,), got {cfg.in_shape}")
+            raise ValueError(
+                f"the bit-flip learner takes vectors, in_shape=(D,), got {cfg.in_shape}"
+            )
         if cfg.norm != "none" or cfg.dropout > 0:
-            raise ValueError("the bit-flip learner has no norm and no dropout (norm='none', dropout=0)")
+            raise ValueError(
+                "the bit-flip learner has no norm and no dropout (norm='none', dropout=0)"
+            )
         self.cfg = cfg
         (d_in,), (h,) = cfg.in_shape, cfg.hidden_sizes
         self.fc1 = nn.Linear(d_in, h)

@@ -1,5 +1,6 @@
 """Convolutional network (paper_spec §6.2):
-[Conv3x3 -> Norm -> Act -> MaxPool2] x stages -> Flatten -> [Linear -> Act -> Dropout] x n -> Linear.
+[Conv3x3 -> Norm -> Act -> MaxPool2] x stages -> Flatten -> [Linear -> Act -> Dropout] x n
+-> Linear.
 Dropout sits only in the fully connected part, as in the paper's code."""
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class CNN(nn.Module):
         for _ in cfg.conv_channels:
             h, w = h // 2, w // 2
         if h == 0 or w == 0:
-            raise ValueError(f"{len(cfg.conv_channels)} pooling stages shrink {cfg.in_shape} to nothing")
+            raise ValueError(
+                f"{len(cfg.conv_channels)} pooling stages shrink {cfg.in_shape} to nothing"
+            )
         self.positions = h * w  # spatial positions per channel after the last stage
         self.flatten = CloneAwareFlatten(cfg.clone_factor)
         widths = (chans[-1] * self.positions, *cfg.fc_hidden)

@@ -70,7 +70,14 @@ ARCH_SPECIFIC = (
 )
 
 # Fields that scale with the width expansion of `core.cloning.expand`.
-WIDTH_FIELDS = ("hidden_sizes", "conv_channels", "fc_hidden", "base_channels", "embed_dim", "n_heads")
+WIDTH_FIELDS = (
+    "hidden_sizes",
+    "conv_channels",
+    "fc_hidden",
+    "base_channels",
+    "embed_dim",
+    "n_heads",
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,9 @@ class ModelConfig:
     dropout: float | None = None  # MLP: every block; CNN: FC part; ResNet: before head; ViT: all
     attn_dropout: float | None = None  # ViT: dropout on the attention weights
     hidden_sizes: tuple[int, ...] | None = None  # MLP / bit-flip learner hidden widths
-    conv_channels: tuple[int, ...] | None = None  # CNN conv stage widths (each: conv, norm, act, pool)
+    conv_channels: tuple[int, ...] | None = (
+        None  # CNN conv stage widths (each: conv, norm, act, pool)
+    )
     fc_hidden: tuple[int, ...] | None = None  # CNN fully connected hidden widths
     base_channels: int | None = None  # ResNet stage-0 channels (stage s has base * 2**s)
     stage_blocks: tuple[int, ...] | None = None  # ResNet BasicBlocks per stage

@@ -1,4 +1,5 @@
-"""Multi-layer perceptron (paper_spec §6.1): Flatten -> [Linear -> Norm -> Act -> Dropout] x n -> Linear."""
+"""Multi-layer perceptron (paper_spec §6.1):
+Flatten -> [Linear -> Norm -> Act -> Dropout] x n -> Linear."""
 
 from __future__ import annotations
 

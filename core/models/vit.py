@@ -12,7 +12,7 @@ from core.models.config import ModelConfig
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention. The qkv output is laid out [q | k | v], each as heads x head_dim."""
+    """Multi-head self-attention; the qkv output is laid out [q | k | v], each heads x head_dim."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -94,7 +94,7 @@ class ViT(nn.Module):
         return self.head(self.norm(x)[:, 0])  # CLS token -> (B, classes)
 
     def declared_layers(self) -> list[Layer]:
-        """Per block: `mlp<i>` (the MLP's hidden units) and `block<i>` (the block's output tokens)."""
+        """Per block: `mlp<i>` (the MLP's hidden units) and `block<i>` (its output tokens)."""
         layers = []
         for i, block in enumerate(self.blocks):
             layers.append(
