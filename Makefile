@@ -19,9 +19,62 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+LINT_PATHS = core sweeps cluster analysis benchmarks tests
 lint: install
-	$(PY) -m ruff check core tests
-	$(PY) -m ruff format --check core tests
+	$(PY) -m ruff check $(wildcard $(LINT_PATHS))
+	$(PY) -m ruff format --check $(wildcard $(LINT_PATHS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# --- sweeps: SCALE=smoke|paper (default smoke), BACKEND=local|slurm (default local) -----------
+SCALE ?= smoke
+BACKEND ?= local
+SWEEPS_OUT ?= sweeps_out
+SWEEP_FLAGS = --scale $(SCALE) --backend $(BACKEND) $(SWEEP_ARGS)
+# A local sweep ends by printing its aggregate table; a SLURM sweep returns once submitted.
+define sweep_and_aggregate
+	$(PY) -m sweeps run $(1) $(SWEEP_FLAGS) --sweep-dir $(SWEEPS_OUT)/$(1)-$(SCALE)
+	$(if $(filter local,$(BACKEND)),$(PY) analysis/aggregate.py $(SWEEPS_OUT)/$(1)-$(SCALE))
+endef
+
+.PHONY: sweep-cloning sweep-continual sweep-bitflip mlflow-ui
+
+sweep-cloning: install
+	$(call sweep_and_aggregate,cloning_noise)
+	$(call sweep_and_aggregate,cloning_dropout)
+
+sweep-continual: install
+	$(call sweep_and_aggregate,continual)
+
+sweep-bitflip: install
+	$(call sweep_and_aggregate,bitflip)
+
+# The MLflow UI of one sweep's embedded store, on 127.0.0.1 (MLFLOW_PORT, default 5000).
+MLFLOW_SWEEP ?= $(SWEEPS_OUT)/cloning_noise-$(SCALE)
+MLFLOW_PORT ?= 5000
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///$(abspath $(MLFLOW_SWEEP))/mlflow.db
+
+# Throughput benchmarks, measured in one run on this machine (figures in README.md).
+.PHONY: bench
+bench: install
+	$(PY) benchmarks/bench_bitflip.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_metrics.py
+
+# Figures A.1-A.3 of the paper's theory, PNG and PDF (~40 s of CPU; docs/theory.md).
+.PHONY: figures-theory
+figures-theory: install
+	$(PY) -m core.theory figures --out figures/theory
+
+# The aggregate table and the figures of one sweep (docs/analysis.md); SWEEP_DIR defaults to the
+# smoke cloning-noise sweep that `make sweep-cloning` writes.
+SWEEP_DIR ?= $(SWEEPS_OUT)/cloning_noise-$(SCALE)
+.PHONY: aggregate figures
+aggregate: install
+	$(PY) analysis/aggregate.py $(SWEEP_DIR) $(AGGREGATE_ARGS)
+
+figures: install
+	$(PY) -m analysis.figures $(SWEEP_DIR)

@@ -1,0 +1,303 @@
+"""A Ray cluster on a SLURM allocation: a head on the first node, a worker on each other node.
+
+Inside a sweep job (one task per node), `Allocation.from_env(hostnames)` reads what SLURM
+granted, and:
+
+    env = ray_environment(token_file)
+    head = RayNode.head(allocation, log_dir, env)  # node 0: `ray start --head --block ...`
+    head.wait_for_nodes(allocation.num_nodes)       # every worker has joined
+    ...                                             # the Tune driver connects to head.address
+    head.stop(remove_temp_dir=True)                 # SIGTERM to its PID, then its process group
+
+    run_worker(allocation, log_dir, env)            # nodes 1..N-1: join; return when head is gone
+
+Ports come from the SLURM job id (`ray_ports`), so that two sweep jobs sharing a node do not
+collide; the temp dir is short and fresh for every run of the job (`/tmp/ray-<job>-<restart>`:
+Unix socket paths inside it are limited to 107 bytes, and a head killed without `ray stop` leaves
+state behind that breaks the next head with the same temp dir). Ray gets the CPUs, GPUs and
+memory of the allocation, never what it would detect on the (shared) node. Processes are
+stopped by PID: `ray stop` kills every Ray process on the node, other users' included.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PORT_BASE = 20000  # ports PORT_BASE .. PORT_BASE + 9999, below Linux's ephemeral range
+PORT_SLOTS = 1000  # jobs whose ids differ by a multiple of this share ports: not on one node
+PORT_NAMES = (
+    "gcs",
+    "dashboard",
+    "client_server",
+    "node_manager",
+    "object_manager",
+    "metrics_export",
+    "dashboard_agent_grpc",
+    "dashboard_agent_listen",
+    "runtime_env_agent",
+)
+OBJECT_STORE_SHARE = 0.3  # of the allocation's memory
+
+
+def ray_ports(job_id: str) -> dict[str, int]:
+    """The ports of the Ray processes of SLURM job `job_id`, ten consecutive ones per job."""
+    first = PORT_BASE + (int(job_id) % PORT_SLOTS) * 10
+    return {name: first + i for i, name in enumerate(PORT_NAMES)}
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What SLURM granted this job, as seen by one of its tasks (one task per node)."""
+
+    job_id: str  # SLURM_JOB_ID (an array task has its own)
+    restart: int  # SLURM_RESTART_COUNT: 0, then 1, 2, ... after each requeue
+    hostnames: tuple[str, ...]  # the job's nodes; the first runs the head
+    node_rank: int  # SLURM_NODEID of this task
+    cpus: int  # per node: SLURM_CPUS_PER_TASK (else SLURM_CPUS_ON_NODE)
+    gpus: int  # per node: SLURM_GPUS_ON_NODE
+    mem_mb: int | None  # per node: SLURM_MEM_PER_NODE, None when the job did not ask
+    submit_host: str  # SLURM_SUBMIT_HOST: the login node the dashboard tunnel goes through
+
+    @classmethod
+    def from_env(
+        cls, hostnames: Sequence[str], environ: Mapping[str, str] | None = None
+    ) -> Allocation:
+        """The allocation from the SLURM variables of a job step's environment; `hostnames`
+        from submitit's `JobEnvironment().hostnames` (SLURM_JOB_NODELIST expanded)."""
+        env = os.environ if environ is None else environ
+        if "SLURM_JOB_ID" not in env:
+            raise RuntimeError(
+                "SLURM_JOB_ID not set: a sweep job runs inside a SLURM job "
+                "(submit it with cluster.submit_sweep)"
+            )
+        cpus = env.get("SLURM_CPUS_PER_TASK") or env.get("SLURM_CPUS_ON_NODE") or "1"
+        mem = env.get("SLURM_MEM_PER_NODE")
+        return cls(
+            job_id=env["SLURM_JOB_ID"],
+            restart=int(env.get("SLURM_RESTART_COUNT", "0")),
+            hostnames=tuple(hostnames),
+            node_rank=int(env.get("SLURM_NODEID", "0")),
+            cpus=int(cpus),
+            gpus=int(env.get("SLURM_GPUS_ON_NODE", "0") or 0),
+            mem_mb=int(mem) if mem else None,
+            submit_host=env.get("SLURM_SUBMIT_HOST", "LOGIN_HOST"),
+        )
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.hostnames)
+
+    @property
+    def head_ip(self) -> str:
+        return socket.gethostbyname(self.hostnames[0])
+
+    @property
+    def node_ip(self) -> str:
+        return socket.gethostbyname(self.hostnames[self.node_rank])
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return ray_ports(self.job_id)
+
+    @property
+    def head_address(self) -> str:
+        return f"{self.head_ip}:{self.ports['gcs']}"
+
+    @property
+    def temp_dir(self) -> Path:
+        return Path("/tmp") / f"ray-{self.job_id}-{self.restart}"
+
+    def tunnel_command(self, user: str, local_port: int = 8265) -> str:
+        """The ssh command that forwards the head's dashboard to `local_port` on a laptop."""
+        dashboard = f"{self.head_ip}:{self.ports['dashboard']}"
+        return f"ssh -N -L {local_port}:{dashboard} {user}@{self.submit_host}"
+
+
+def ray_environment(token_file: Path) -> dict[str, str]:
+    """The environment of every Ray process and driver of a sweep job.
+
+    Token authentication is on: a cluster's dashboard and GCS are reachable by every user of the
+    cluster network. The token lives in a file of the sweep's (shared) SLURM folder, readable by
+    its owner only; the dashboard asks for it in the browser.
+    """
+    return {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_file),
+    }
+
+
+def ignore_usr2() -> None:
+    """In a child before exec: USR2 (SLURM's preemption notice) is for the job process only.
+
+    `scancel --signal=USR2` and `--signal=USR2@90` reach every process of the job step; Ray's
+    processes and the Tune driver would die of it before the job could stop them in order.
+    """
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class RayNode:
+    """One `ray start --block` process of this job on this node (and the Ray processes it owns)."""
+
+    def __init__(
+        self, role: str, cmd: list[str], log_path: Path, env: dict[str, str], address: str
+    ) -> None:
+        self.role = role
+        self.log_path = log_path
+        self.env = env
+        self.address = address  # the cluster's GCS, host:port
+        self.temp_dir = Path(next(a for a in cmd if a.startswith("--temp-dir=")).split("=")[1])
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # its own process group: the fallback kill reaches all
+                preexec_fn=ignore_usr2,
+            )
+
+    @classmethod
+    def head(cls, allocation: Allocation, log_dir: Path, env: dict[str, str]) -> RayNode:
+        ip, ports = allocation.head_ip, allocation.ports
+        cmd = [
+            *_ray_start(allocation, ip),
+            "--head",
+            f"--port={ports['gcs']}",
+            f"--dashboard-host={ip}",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client_server']}",
+            "--include-dashboard=true",
+        ]
+        log = log_dir / f"{allocation.job_id}_{allocation.restart}_ray_head.log"
+        return cls("head", cmd, log, env, allocation.head_address)
+
+    @classmethod
+    def worker(cls, allocation: Allocation, log_dir: Path, env: dict[str, str]) -> RayNode:
+        cmd = [*_ray_start(allocation, allocation.node_ip), f"--address={allocation.head_address}"]
+        name = f"{allocation.job_id}_{allocation.restart}_ray_worker{allocation.node_rank}.log"
+        return cls("worker", cmd, log_dir / name, env, allocation.head_address)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def failure(self, what: str) -> RuntimeError:
+        """An error that names this node's logs."""
+        return RuntimeError(
+            f"Ray {self.role} on {socket.gethostname()}: {what}; see {self.log_path} and the "
+            f"Ray logs in {self.temp_dir}/session_latest/logs"
+        )
+
+    def wait_for_nodes(self, count: int, timeout_s: float = 300) -> None:
+        """Block until `count` Ray nodes are alive in this head's cluster."""
+        host, port = self.address.rsplit(":", 1)
+        count_alive = (
+            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))"
+        )
+        deadline = time.monotonic() + timeout_s
+        alive = 0
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise self.failure(f"exited with {self.process.returncode} while starting")
+            if _port_open(host, int(port)):
+                out = subprocess.run(
+                    [sys.executable, "-c", count_alive, self.address],
+                    capture_output=True,
+                    text=True,
+                    env=self.env,
+                    timeout=120,
+                )
+                alive = int(out.stdout.split()[-1]) if out.returncode == 0 else 0
+                if alive >= count:
+                    return
+            time.sleep(1)
+        raise self.failure(f"{alive} of {count} nodes alive after {timeout_s:.0f} s")
+
+    def stop(self, remove_temp_dir: bool, timeout_s: float = 30) -> None:
+        """SIGTERM to the `ray start` process (it stops the Ray processes it started), then
+        SIGKILL to its process group if it is not gone within `timeout_s`. Keep the temp dir
+        (Ray's logs) where something failed."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of our own group only
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        if remove_temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _ray_start(allocation: Allocation, ip: str) -> list[str]:
+    ports = allocation.ports
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        f"--node-ip-address={ip}",
+        f"--temp-dir={allocation.temp_dir}",
+        f"--num-cpus={allocation.cpus}",
+        f"--num-gpus={allocation.gpus}",
+        f"--node-manager-port={ports['node_manager']}",
+        f"--object-manager-port={ports['object_manager']}",
+        f"--metrics-export-port={ports['metrics_export']}",
+        f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
+        f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
+        f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+    ]
+    if allocation.mem_mb is not None:
+        total = allocation.mem_mb * 2**20
+        store = int(total * OBJECT_STORE_SHARE)
+        cmd += [f"--object-store-memory={store}", f"--memory={total - store}"]
+    return cmd
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def run_worker(allocation: Allocation, log_dir: Path, env: dict[str, str]) -> None:
+    """On nodes 1..N-1: wait for the head, join it, and leave once the head is gone."""
+    host, port = allocation.head_ip, allocation.ports["gcs"]
+    deadline = time.monotonic() + 300
+    while not _port_open(host, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the Ray head {host}:{port} did not come up within 300 s; see the head's log "
+                f"{log_dir}/{allocation.job_id}_{allocation.restart}_ray_head.log"
+            )
+        time.sleep(2)
+    node = RayNode.worker(allocation, log_dir, env)
+    misses = 0
+    while node.alive and misses < 3:  # the head stops at the end of the sweep
+        misses = 0 if _port_open(host, port) else misses + 1
+        time.sleep(5)
+    head_gone = not _port_open(host, port)
+    node.stop(remove_temp_dir=head_gone)
+    if not head_gone:
+        raise node.failure(f"exited with {node.process.returncode} while the head runs")

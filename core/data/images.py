@@ -1,0 +1,215 @@
+"""Image datasets as uint8 tensors: CIFAR-10, CIFAR-100, MNIST, Tiny ImageNet and `synthetic`.
+
+Files live under the data root: the `root` argument, else `$LOP_DATA`, else `./data`. A dataset
+missing there is downloaded when `download` is true (through torchvision); when it is missing and
+cannot be fetched, `load_images` raises FileNotFoundError saying which files to put where.
+
+| name            | files under the data root                                   | train / test   |
+|-----------------|-------------------------------------------------------------|----------------|
+| `cifar10`       | `cifar-10-batches-py/data_batch_1..5, test_batch` (pickles) | 50,000/10,000  |
+| `cifar100`      | `cifar-100-python/train, test` (pickles, fine labels)       | 50,000/10,000  |
+| `mnist`         | `MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`    | 60,000/10,000  |
+| `tiny_imagenet` | `tiny-imagenet-200/` (see `core.data.tiny_imagenet`)        | 100,000/10,000 |
+| `synthetic`     | none: generated from a `SyntheticSpec`                      | any            |
+
+Tiny ImageNet's test split is its official val set.
+
+Normalisation constants and training augmentations follow the reference code (paper_spec §9),
+including its CIFAR-10 std (0.2023, 0.1994, 0.2010), which is not the per-pixel std of the data.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.data import tiny_imagenet
+from core.data.augment import Augmentation, prepare_batch
+from core.data.synthetic import SyntheticSpec, make_synthetic
+
+DATASETS = ("cifar10", "cifar100", "mnist", "tiny_imagenet", "synthetic")
+
+_CIFAR = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "labels": "labels",
+        "torchvision": "CIFAR10",
+        "source": "cifar-10-python.tar.gz",
+    },
+    "cifar100": {
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "labels": "fine_labels",
+        "torchvision": "CIFAR100",
+        "source": "cifar-100-python.tar.gz",
+    },
+}
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+_AUGMENTATION = {
+    "cifar10": Augmentation(crop_padding=4, flip=True),
+    "cifar100": Augmentation(crop_padding=4, flip=True),
+    "mnist": Augmentation(rotation=10.0),
+    "tiny_imagenet": Augmentation(crop_padding=8, flip=True, jitter=0.1),
+}
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """`root`, else `$LOP_DATA`, else `./data`."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("LOP_DATA", "data"))
+
+
+@dataclass
+class ImageData:
+    """A labelled image dataset held as uint8 tensors (on one device)."""
+
+    name: str
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor  # (M, C, H, W) uint8
+    test_y: torch.Tensor  # (M,) int64
+    mean: torch.Tensor  # (C,) float32, normalisation mean in [0, 1] units
+    std: torch.Tensor  # (C,) float32
+    augmentation: Augmentation  # the training augmentation
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.train_y.max(), self.test_y.max())) + 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.train_x.shape[1:])
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """The same data on `device` (uint8 stays uint8)."""
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")}
+        mean, std = self.mean.to(device), self.std.to(device)
+        return ImageData(self.name, **moved, mean=mean, std=std, augmentation=self.augmentation)
+
+    def inputs(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, augment: bool = False
+    ) -> torch.Tensor:
+        """Float network inputs from uint8 images `x`, with the training augmentation if asked."""
+        return prepare_batch(
+            x, self.mean, self.std, self.augmentation if augment else None, generator
+        )
+
+
+def _cifar_missing(name: str, root: Path, detail: str) -> str:
+    spec = _CIFAR[name]
+    files = ", ".join(spec["train"] + spec["test"])
+    return (
+        f"{name} not found: {detail}. Put the python version of the dataset ({files}, from "
+        f"{spec['source']} at https://www.cs.toronto.edu/~kriz/cifar.html) in "
+        f"{root / spec['folder']}, or point LOP_DATA at the folder that holds {spec['folder']}; "
+        "with network access, download=true fetches it."
+    )
+
+
+def _read_cifar(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    spec = _CIFAR[name]
+    folder = root / spec["folder"]
+    missing = [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
+    if missing and download:
+        import torchvision.datasets
+
+        try:
+            getattr(torchvision.datasets, spec["torchvision"])(str(root), download=True)
+        except Exception as err:  # no network, proxy, checksum: say what to do instead
+            raise FileNotFoundError(_cifar_missing(name, root, f"download failed ({err})")) from err
+        missing = [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(_cifar_missing(name, root, f"missing {', '.join(missing)}"))
+    out = []
+    for split in ("train", "test"):
+        xs, ys = [], []
+        for file in spec[split]:
+            with open(folder / file, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry[spec["labels"]], dtype=np.int64))
+        out += [torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))]
+    return tuple(out)
+
+
+def _read_mnist(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    import torchvision.datasets
+
+    raw = root / "MNIST" / "raw"
+    missing = [f for f in _MNIST_FILES if not (raw / f).is_file()]
+    if missing and not download:
+        raise FileNotFoundError(
+            f"mnist not found: missing {', '.join(missing)} in {raw}. Put the four uncompressed "
+            "idx files of http://yann.lecun.com/exdb/mnist/ there, or point LOP_DATA at the "
+            "folder that holds MNIST/raw; with network access, download=true fetches them."
+        )
+    out = []
+    for train in (True, False):
+        try:
+            ds = torchvision.datasets.MNIST(str(root), train=train, download=download)
+        except Exception as err:
+            raise FileNotFoundError(
+                f"mnist not found in {raw} and the download failed ({err}); put the four idx "
+                "files (train/t10k images and labels) there"
+            ) from err
+        out += [ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)]
+    return tuple(out)
+
+
+def load_images(
+    name: str,
+    root: str | Path | None = None,
+    download: bool = False,
+    synthetic: SyntheticSpec | None = None,
+    device: torch.device | str = "cpu",
+) -> ImageData:
+    """Dataset `name` (one of DATASETS) as uint8 tensors on `device`."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    base = data_root(root)
+    if name == "synthetic":
+        spec = synthetic or SyntheticSpec()
+        tensors = make_synthetic(spec)
+        mean, std = (0.5,) * spec.channels, (0.25,) * spec.channels
+        pad = max(1, spec.size // 8)
+        augmentation = Augmentation(crop_padding=pad, flip=True)
+    else:
+        if name in _CIFAR:
+            tensors = _read_cifar(name, base, download)
+        elif name == "mnist":
+            tensors = _read_mnist(base, download)
+        else:
+            cached = tiny_imagenet.prepare(base, download)
+            tensors = tuple(cached[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+        mean, std = _STATS[name]
+        augmentation = _AUGMENTATION[name]
+    data = ImageData(
+        name,
+        *tensors,
+        mean=torch.tensor(mean, dtype=torch.float32),
+        std=torch.tensor(std, dtype=torch.float32),
+        augmentation=augmentation,
+    )
+    return data.to(device)

@@ -1,0 +1,57 @@
+"""Plasticity metrics on activation/gradient matrices, and the probe that measures a model.
+
+Public surface:
+- functions of a 2-D (samples x features) tensor H (and the gradient matrix G) returning a float,
+  each named for exactly what it computes (formulas and references in docs/metrics.md):
+  `dead_fraction`, `dormant_ratio`, `saturated_fraction`, `duplicate_fraction` (|Pearson|, both
+  members), `duplicate_fraction_cosine` (the paper code's), `effective_rank` (Shannon, singular
+  values), `effective_rank_cov` (Shannon, covariance eigenvalues), `participation_ratio`,
+  `stable_rank` (classical), `numerical_rank`, `approximate_rank`, `approximate_rank_abs`,
+  `non_gaussianity`, `mean_weight_magnitude`; each also has `.tensor`, the same function returning
+  a 0-d tensor on the input's device;
+- `Probe`, `ProbeSpec` and `PRESETS` (`default`, `paper`, `paper_bitflip`, `dohare2024`).
+
+Flatten a layer output into H with `core.models.capture.unit_matrix`; choose stratified probe
+batches with `core.data.stratified_indices`.
+"""
+
+from core.metrics.presets import PRESETS
+from core.metrics.probe import Probe, ProbeSpec
+from core.metrics.ranks import (
+    approximate_rank,
+    approximate_rank_abs,
+    effective_rank,
+    effective_rank_cov,
+    numerical_rank,
+    participation_ratio,
+    stable_rank,
+)
+from core.metrics.units import (
+    dead_fraction,
+    dormant_ratio,
+    duplicate_fraction,
+    duplicate_fraction_cosine,
+    mean_weight_magnitude,
+    non_gaussianity,
+    saturated_fraction,
+)
+
+__all__ = [
+    "PRESETS",
+    "Probe",
+    "ProbeSpec",
+    "approximate_rank",
+    "approximate_rank_abs",
+    "dead_fraction",
+    "dormant_ratio",
+    "duplicate_fraction",
+    "duplicate_fraction_cosine",
+    "effective_rank",
+    "effective_rank_cov",
+    "mean_weight_magnitude",
+    "non_gaussianity",
+    "numerical_rank",
+    "participation_ratio",
+    "saturated_fraction",
+    "stable_rank",
+]

@@ -1,0 +1,238 @@
+"""The probe: one forward and one backward of a model on a fixed probe batch, with the metrics of
+a preset computed for each of the model's declared layers.
+
+An experiment builds a `Probe` once per (model, probe batch) and calls it at its cadence:
+
+    probe = Probe(model, x, y, F.cross_entropy, ProbeSpec("default"), generator=g)
+    record = probe()  # {"loss": ..., "accuracy": ..., "hidden1/effective_rank": ..., ...}
+
+Protocol (improving on the paper's, paper_spec §3):
+- the model runs in eval mode (BatchNorm uses its running statistics and does not update them,
+  dropout is off); every module's own train/eval flag is restored afterwards;
+- the loss gradients with respect to the declared layers' outputs come from `torch.autograd.grad`,
+  so no parameter's `.grad` is touched (the paper's code accumulated into `.grad`);
+- each layer output becomes a (rows, units) matrix by the flattening rule of
+  `core.models.capture.unit_matrix`: (B, D) stays, (B, C, H, W) -> (B*H*W, C) (a row is one
+  position of one image, a column one channel), (B, T, D) -> (B*T, D) (a row is one token);
+- metrics that subsample rows (the ranks, non-Gaussianity) draw the rows once per layer from the
+  caller's generator and reuse them at every call, so that the values follow the model and not the
+  draw; ranks use the Gram matrix's eigenvalues;
+- everything stays on the model's device; the values reach the host in one transfer at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.metrics import ranks
+from core.metrics.presets import PRESETS, Metric
+from core.models import Layer
+from core.models.capture import unit_matrix
+
+LossOutput = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Which metrics the probe computes (the `probe.*` keys of an experiment config)."""
+
+    preset: str = (
+        "default"  # one of core.metrics.PRESETS: default, paper, paper_bitflip, dohare2024
+    )
+    metrics: tuple[str, ...] = ()  # a subset of the preset's metrics ("a,b" works); () = all
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown probe preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        names = self.metrics.split(",") if isinstance(self.metrics, str) else self.metrics
+        object.__setattr__(self, "metrics", tuple(n.strip() for n in names if n.strip()))
+        unknown = [m for m in self.metrics if m not in PRESETS[self.preset]]
+        if unknown:
+            raise ValueError(
+                f"metrics {', '.join(unknown)} are not in preset {self.preset!r}; "
+                f"valid: {', '.join(PRESETS[self.preset])}"
+            )
+
+    def selected(self) -> dict[str, Metric]:
+        """The metrics to compute, by name, in the preset's order."""
+        preset = PRESETS[self.preset]
+        return {k: m for k, m in preset.items() if not self.metrics or k in self.metrics}
+
+
+class LayerView:
+    """What the metrics read about one declared layer in one probe call; spectra are computed at
+    most once and shared.
+
+    `h`: activations (rows, units); `g_batch_mean`: d(batch-mean loss)/d h, same shape (None when
+    no metric needs gradients); `g_per_sample`: batch size x that, i.e. d loss_b / d h for the
+    image b of each row; `weight`: the weight of the layer's `incoming` module (None for block
+    outputs).
+    """
+
+    def __init__(
+        self,
+        h: torch.Tensor,
+        g_batch_mean: torch.Tensor | None,
+        batch_size: int,
+        weight: torch.Tensor | None,
+        row_index: Callable[[int | None], torch.Tensor | None],
+    ) -> None:
+        self.h = h
+        self.g_batch_mean = g_batch_mean
+        self.batch_size = batch_size
+        self.weight = weight
+        self._row_index = row_index
+        self._spectra: dict[tuple[int | None, bool], torch.Tensor] = {}
+
+    @property
+    def g_per_sample(self) -> torch.Tensor:
+        return self.g_batch_mean * self.batch_size
+
+    def rows(self, k: int | None) -> torch.Tensor:
+        """`h` restricted to this layer's fixed subsample of at most k rows (None: all rows)."""
+        index = self._row_index(k)
+        return self.h if index is None else self.h[index]
+
+    def spectrum(self, k: int | None) -> torch.Tensor:
+        """Squared singular values of `rows(k)` (see ranks.squared_singular_values)."""
+        return self._spectrum(k, center=False)
+
+    def centred_spectrum(self, k: int | None) -> torch.Tensor:
+        """Squared singular values of `rows(k)` minus its column means (covariance eigenvalues)."""
+        return self._spectrum(k, center=True)
+
+    def _spectrum(self, k: int | None, center: bool) -> torch.Tensor:
+        if (k, center) not in self._spectra:
+            self._spectra[k, center] = ranks.squared_singular_values(self.rows(k), center=center)
+        return self._spectra[k, center]
+
+
+class Probe:
+    """Measures `model` on the fixed batch (x, y): `probe()` -> flat dict of floats.
+
+    Keys: `"<layer>/<metric>"` for each declared layer (`model.declared_layers()`) and each metric
+    of `spec`, plus whole-model scalars without a slash: `loss`, and `accuracy` (argmax over the
+    output columns) when `loss_fn` returns a tensor, the output is (B, K > 1) and y holds integer
+    labels. `loss_fn(output, y)` returns the batch-mean loss, or a mapping with the key `loss`
+    (differentiated) and any other whole-model scalars to report instead (e.g. a masked accuracy).
+    The loss must be the mean over the B samples of per-sample losses: per-sample gradients are
+    B x its gradient. `generator` draws the row subsamples (once; see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], LossOutput],
+        spec: ProbeSpec | None = None,
+        *,
+        generator: torch.Generator,
+    ) -> None:
+        self.model, self.x, self.y, self.loss_fn = model, x, y, loss_fn
+        self.spec = spec if spec is not None else ProbeSpec()
+        self.metrics = self.spec.selected()
+        self.layers = model.declared_layers()
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names) or any("/" in n for n in names):
+            raise ValueError(f"declared layer names must be unique and slash-free, got {names}")
+        self.needs_grad = any(m.needs_grad for m in self.metrics.values())
+        self.generator = generator
+        self._row_indices: dict[tuple[str, int], torch.Tensor | None] = {}
+
+    def __call__(self) -> dict[str, float]:
+        outputs, grads, scalars = self._forward_backward()
+        keys = list(scalars)
+        values = [v.detach().double().reshape(()) for v in scalars.values()]
+        with torch.no_grad():
+            for layer in self.layers:
+                view = self._view(layer, outputs[layer.name], grads.get(layer.name))
+                for key, metric in self.metrics.items():
+                    if metric.needs_weight and view.weight is None:
+                        continue
+                    keys.append(f"{layer.name}/{key}")
+                    values.append(metric.compute(view).double().reshape(()))
+        return dict(zip(keys, torch.stack(values).tolist()))  # the one transfer to the host
+
+    def _forward_backward(
+        self,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Layer outputs, their loss gradients and the whole-model scalars, in eval mode."""
+        outputs: dict[str, torch.Tensor] = {}
+
+        def recorder(name: str):
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+                outputs[name] = output
+
+            return hook
+
+        modes = [(m, m.training) for m in self.model.modules()]
+        handles = [
+            layer.module.register_forward_hook(recorder(layer.name)) for layer in self.layers
+        ]
+        try:
+            self.model.eval()
+            with torch.set_grad_enabled(self.needs_grad):
+                out = self.model(self.x)
+                scalars = self._scalars(out, self.loss_fn(out, self.y))
+                grads = {}
+                if self.needs_grad:
+                    grads = self._gradients(scalars["loss"], outputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in modes:
+                module.training = training
+        missing = [layer.name for layer in self.layers if layer.name not in outputs]
+        if missing:
+            raise RuntimeError(f"declared layers {missing} did not run in the model's forward")
+        return outputs, grads, scalars
+
+    def _scalars(self, out: torch.Tensor, result: LossOutput) -> dict[str, torch.Tensor]:
+        if isinstance(result, torch.Tensor):
+            scalars = {"loss": result}
+            labels = not self.y.is_floating_point() and self.y.dim() == 1
+            if labels and out.dim() == 2 and out.shape[1] > 1:
+                scalars["accuracy"] = (out.argmax(dim=1) == self.y).double().mean()
+            return scalars
+        if "loss" not in result:
+            raise ValueError(f"loss_fn returned keys {sorted(result)}; one must be 'loss'")
+        if any("/" in k for k in result):
+            raise ValueError(f"whole-model scalar names have no slash, got {sorted(result)}")
+        return {k: torch.as_tensor(v, device=out.device) for k, v in result.items()}
+
+    def _gradients(
+        self, loss: torch.Tensor, outputs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        names = [layer.name for layer in self.layers if layer.name in outputs]
+        if not all(outputs[n].requires_grad for n in names):
+            raise ValueError(
+                "the probe's gradient metrics need layer outputs that require grad; "
+                "some parameters before each declared layer must have requires_grad=True"
+            )
+        grads = torch.autograd.grad(
+            loss, [outputs[n] for n in names], allow_unused=True, materialize_grads=True
+        )
+        return dict(zip(names, grads))
+
+    def _view(self, layer: Layer, output: torch.Tensor, grad: torch.Tensor | None) -> LayerView:
+        h = unit_matrix(output.detach())
+        g = None if grad is None else unit_matrix(grad)
+        incoming = layer.incoming
+        weight = None if incoming is None else incoming.weight
+        return LayerView(
+            h, g, self.x.shape[0], weight, lambda k: self._rows(layer.name, h.shape[0], k, h.device)
+        )
+
+    def _rows(self, name: str, n: int, k: int | None, device: torch.device) -> torch.Tensor | None:
+        """The fixed subsample of k of the n rows of layer `name` (None: all rows), drawn once."""
+        if k is None or n <= k:
+            return None
+        if (name, k) not in self._row_indices:
+            pick = torch.randperm(n, generator=self.generator, device=self.generator.device)[:k]
+            self._row_indices[name, k] = pick.sort().values.to(device)
+        return self._row_indices[name, k]

@@ -1,0 +1,67 @@
+"""Run records written by hand as the contract says (docs/experiments.md), for the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_run(
+    run_dir: Path,
+    config: dict,
+    rows: list[tuple],
+    status: str = "completed",
+    chunks: int = 1,
+) -> Path:
+    """A run record: config.json, status.json, metrics/part-*.parquet of `rows`
+    (step, split, layer, metric, value), split into `chunks` files."""
+    run_id = run_dir.name
+    (run_dir / "metrics").mkdir(parents=True)
+    (run_dir / "config.json").write_text(
+        json.dumps({"run_id": run_id, "config": config, "provenance": {"git_sha": "abc"}})
+    )
+    (run_dir / "status.json").write_text(json.dumps({"status": status, "reason": ""}))
+    frame = pd.DataFrame(rows, columns=["step", "split", "layer", "metric", "value"])
+    frame.insert(0, "run_id", run_id)
+    frame["step"] = frame["step"].astype("int64")
+    size = -(-len(frame) // chunks)
+    for i in range(chunks):
+        part = frame.iloc[i * size : (i + 1) * size]
+        part.to_parquet(run_dir / "metrics" / f"part-{i:06d}.parquet", index=False)
+    return run_dir
+
+
+# final clone_train loss per (arch, seed): mlp -> 1..5, cnn -> 10, 20, 40
+FINAL = {("mlp", s): float(s) for s in range(1, 6)} | {
+    ("cnn", 1): 10.0,
+    ("cnn", 2): 20.0,
+    ("cnn", 3): 40.0,
+}
+
+
+def cloning_config(arch: str, seed: int) -> dict:
+    return {
+        "model": {"arch": arch, "norm": "batch", "hidden_sizes": [16, 16]},
+        "optimizer": {"name": "sgd", "lr": 0.01},
+        "clone_optimizer": {"name": "noisy_sgd", "lr": 0.01, "sigma0": 0.05},
+        "clone_dropout": None,
+        "seed": seed,
+    }
+
+
+def cloning_rows(final: float) -> list[tuple]:
+    rows = []
+    for step in (0, 10, 20):
+        value = final if step == 20 else final + 100 - step
+        rows += [
+            (step, "clone_train", "", "loss", value),
+            (step, "base_train", "", "loss", value + 1),
+            (step, "clone_train", "", "acc", 0.5),
+            (step, "clone_train", "", "r2_mean", 1 - step / 100),
+            (step, "clone_train", "hidden1", "effective_rank", 5.0 + step),
+            (step, "clone_train", "hidden2", "effective_rank", 3.0 + step),
+            (step, "clone_train", "hidden1", "dead_fraction", 0.1),
+        ]
+    return rows

@@ -1,0 +1,20 @@
+#!/bin/bash
+
+# Parameters
+#SBATCH --account=lop
+#SBATCH --cpus-per-task=2
+#SBATCH --error=<SWEEP_DIR>/slurm/%j_0_log.err
+#SBATCH --job-name=lop-cloning_noise-paper
+#SBATCH --mem=4GB
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --open-mode=append
+#SBATCH --output=<SWEEP_DIR>/slurm/%j_0_log.out
+#SBATCH --partition=debug
+#SBATCH --signal=USR2@90
+#SBATCH --time=20
+#SBATCH --wckey=submitit
+
+# command
+export SUBMITIT_EXECUTOR=slurm
+srun --unbuffered --output <SWEEP_DIR>/slurm/%j_%t_log.out --error <SWEEP_DIR>/slurm/%j_%t_log.err <PYTHON> -u -m submitit.core._submit <SWEEP_DIR>/slurm

@@ -1,0 +1,129 @@
+"""Against the real single-node SLURM of conftest.py: plain submitit jobs; a smoke sweep
+through submitit and Ray that is preempted (USR2), requeued, and finishes without running any
+finished trial again; a sweep job whose driver fails."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import submitit
+
+from cluster import submit_sweep
+from tests.cluster.slurm_local import PARTITION, LocalSlurm
+from tests.cluster.test_launch import normalised
+from tests.cluster.test_ray_cluster import ray_processes
+
+KEY = ["run_id", "step", "split", "layer", "metric"]
+
+
+def test_submitit_round_trip_and_failure_names_the_logs(slurm: LocalSlurm, tmp_path):
+    executor = submitit.SlurmExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(partition=PARTITION, time=5, cpus_per_task=1, mem="1GB")
+    ok = executor.submit(math.factorial, 5)
+    bad = executor.submit(math.sqrt, -1)
+    assert ok.result() == 120
+    assert ok.state == "COMPLETED"
+    with pytest.raises(submitit.core.utils.FailedJobError, match="math domain error") as failed:
+        bad.result()
+    assert str(bad.paths.stderr) in str(failed.value)
+
+
+def _statuses(sweep_dir: Path) -> dict[str, str]:
+    return {
+        p.parent.name: json.loads(p.read_text())["status"]
+        for p in (sweep_dir / "runs").glob("*/status.json")
+    }
+
+
+def _files(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a run record (members' included) with its mtime and size."""
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _job_log(job: submitit.Job) -> str:
+    paths = [Path(job.paths.stdout), Path(job.paths.stderr)]
+    return "".join(p.read_text() for p in paths if p.exists())
+
+
+def _tune_completed(job: submitit.Job) -> list[str]:
+    """Trial ids that Tune's progress report (in the job's log) shows as completed."""
+    return re.findall(r"Trial run_trial_(\w+?) completed after", _job_log(job))
+
+
+@pytest.mark.slow
+def test_smoke_sweep_is_preempted_requeued_and_finishes_without_rerunning(
+    slurm: LocalSlurm, tmp_path
+):
+    sweep_dir = tmp_path / "bitflip-smoke"
+    resources = {"profile": "local", "cpus_per_task": min(2, slurm.cpus)}
+    job = submit_sweep("bitflip", "smoke", sweep_dir, **resources)
+    submitted = (sweep_dir / "slurm" / f"{job.job_id}_submission.sh").read_text()
+    dry = submit_sweep("bitflip", "smoke", sweep_dir, dry_run=True, **resources)
+    assert normalised(submitted, sweep_dir) == normalised(dry, sweep_dir)
+
+    # Preempt once Tune has processed a trial's completion (its progress report says so), not
+    # merely once the trial's record says completed: that trial must never start again.
+    deadline = time.monotonic() + 240
+    while not (finished := _tune_completed(job)):
+        assert job.state in ("PENDING", "RUNNING", "UNKNOWN"), _job_log(job)[-3000:]
+        assert time.monotonic() < deadline, f"no trial finished in time\n{_job_log(job)[-3000:]}"
+        time.sleep(0.2)
+    snapshots = {run: _files(sweep_dir / "runs" / run) for run in finished}
+    slurm.run("scancel", "--signal=USR2", job.job_id)
+    assert len(finished) < 4, "the sweep finished before it could be preempted"
+
+    deadline = time.monotonic() + 300
+    while not job.done():  # through the requeue and the second run
+        assert time.monotonic() < deadline, f"the sweep did not finish\n{_job_log(job)[-3000:]}"
+        time.sleep(1)
+    summary = job.result()  # raises with the log paths if the job failed
+    log = _job_log(job)
+    assert "this job is preempted" in log and f"Requeued job {job.job_id}" in log
+    assert f"sweep job {job.job_id} (run 1)" in log, "the job did not run again after requeue"
+    assert "ssh -N -L 8265:127.0.0.1:" in log and "ray_auth_token" in log
+    assert summary == {
+        "study": "bitflip",
+        "scale": "smoke",
+        "planned": 4,
+        "started": 4,
+        "completed": 4,
+    }, log[-3000:]
+    for run in finished:  # a trial finished before the preemption was not run again
+        assert log.count(f"Trial run_trial_{run} started") == 1, run
+        assert _files(sweep_dir / "runs" / run) == snapshots[run], run
+    assert all(log.count(f"Trial run_trial_{run} completed") == 1 for run in _statuses(sweep_dir))
+    rows = pd.concat(
+        [pd.read_parquet(p) for p in sorted(sweep_dir.glob("runs/*/members/*/metrics/*.parquet"))]
+    )
+    assert not rows.duplicated(KEY).any()
+    assert not ray_processes(f"/tmp/ray-{job.job_id}-"), "Ray processes outlived the job"
+    assert not list(Path("/tmp").glob(f"ray-{job.job_id}-*")), "a Ray temp dir was left behind"
+
+
+@pytest.mark.slow
+def test_failed_sweep_job_names_its_logs_and_keeps_ray_logs(slurm: LocalSlurm, tmp_path):
+    sweep_dir = tmp_path / "taken"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text(json.dumps({"study": "continual", "scale": "smoke"}))
+    job = submit_sweep("bitflip", "smoke", sweep_dir, profile="local", cpus_per_task=1)
+    with pytest.raises(submitit.core.utils.FailedJobError) as failed:
+        job.result()
+    message = str(failed.value)
+    assert "the sweep driver exited with 1" in message
+    assert str(job.paths.stderr) in message and f"{job.job_id}_0_ray_head.log" in message
+    assert "holds the sweep continual" in Path(job.paths.stderr).read_text()
+    temp_dir = Path(f"/tmp/ray-{job.job_id}-0")
+    assert (temp_dir / "session_latest" / "logs").is_dir(), "Ray's logs of a failed run are kept"
+    assert not ray_processes(temp_dir), "Ray processes outlived the job"
+    shutil.rmtree(temp_dir)

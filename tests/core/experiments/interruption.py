@@ -1,0 +1,54 @@
+"""Kill a real `python -m core.experiments.<name>` process with SIGKILL once it has checkpointed
+past a given step, and compare run records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from core.records import RunRecord, load_metrics
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def run_and_kill(module: str, args: list[str], run_dir: Path, after_step: int) -> int:
+    """Start the experiment, SIGKILL it once a checkpoint at a step >= `after_step` exists;
+    return the step of the latest checkpoint seen. Fails if the run ends first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = run_dir.parent / f"{run_dir.name}-{after_step}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--run-dir", str(run_dir)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            steps = [int(p.stem.split("-")[1]) for p in run_dir.glob("checkpoints/step-*.pt")]
+            if steps and max(steps) >= after_step:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{module} ended before step {after_step}:\n{log.read_text()}")
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert RunRecord(run_dir).status == "running", "the killed run must not have finished"
+    return max(steps)
+
+
+def comparable(run_dir: Path) -> pd.DataFrame:
+    """A record's rows without the run id, in a canonical order; duplicate rows fail."""
+    frame = load_metrics(run_dir).drop(columns="run_id")
+    keys = ["step", "split", "layer", "metric"]
+    duplicated = frame.duplicated(keys)
+    assert not duplicated.any(), f"duplicated rows:\n{frame[duplicated]}"
+    return frame.sort_values(keys).reset_index(drop=True)

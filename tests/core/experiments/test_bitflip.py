@@ -1,0 +1,257 @@
+"""The bit-flip experiment: ensemble members equal single runs, the command line, resume."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from core.experiments import bitflip
+from core.experiments.bitflip import Config, build, run, train
+from core.records import RunRecord, load_metrics
+
+METHODS = ("sgd", "adam", "noisy_sgd", "cbp", "sgd_then_cbp")
+# CBP settings that replace units within 10,000 steps (the paper's rate would need millions).
+FAST_CBP = dict(cbp_rate=1e-2, cbp_maturity=50, switch_step=4000)
+
+
+def _final_weights(cfg: Config):
+    stream, learner = build(cfg)
+    train(learner, stream, 0, cfg.steps, cfg.bin_size)
+    return learner.weights(), learner.replacements()
+
+
+def _alone(cfg: Config, member, **changes) -> Config:
+    return dataclasses.replace(
+        cfg, method=(member.method,), lr=(member.lr,), seed=(member.seed,), **changes
+    )
+
+
+def test_ensemble_member_equals_the_single_run_over_10000_steps():
+    """Member k of a 10-member ensemble (5 methods x 2 lrs) has the weights of the single run
+    with its config (`python -m core.experiments.bitflip method=.. lr=.. seed=..`)."""
+    cfg = Config(steps=10_000, method=METHODS, lr=(0.01, 0.003), seed=(2,), **FAST_CBP)
+    weights, replaced = _final_weights(cfg)
+    for k, member in enumerate(cfg.members()):
+        if member.lr != 0.003:
+            continue
+        alone, alone_replaced = _final_weights(_alone(cfg, member))
+        diff = max((weights[name][k] - alone[name][0]).abs().max().item() for name in weights)
+        assert diff <= 1e-6, member.name
+        assert replaced[k] == alone_replaced[0]
+        if "cbp" in member.method:
+            assert replaced[k] > 10
+
+
+@pytest.fixture(scope="module")
+def float64_ensemble():
+    cfg = Config(
+        steps=6000,
+        method=METHODS,
+        seed=(3,),
+        dtype="float64",
+        cbp_rate=1e-2,
+        cbp_maturity=50,
+        switch_step=2000,
+    )
+    return cfg, *_final_weights(cfg)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ensemble_member_equals_the_plain_eager_run(float64_ensemble, method):
+    """The batched manual forward/backward, optimizers and CBP against nn.Module + autograd +
+    torch.optim / NoisySGD / ContinualBackprop, in float64 (float32 differs by GEMM vs GEMV
+    rounding, ~1e-6 after 10,000 steps; see docs/bitflip.md)."""
+    cfg, weights, replaced = float64_ensemble
+    k = METHODS.index(method)
+    eager, eager_replaced = _final_weights(_alone(cfg, cfg.members()[k], engine="eager"))
+    for name in weights:
+        torch.testing.assert_close(weights[name][k], eager[name][0], atol=1e-9, rtol=0)
+    assert replaced[k] == eager_replaced[0]
+    if "cbp" in method:
+        assert replaced[k] > 10
+
+
+def test_command_line_runs_sgd_then_cbp(tmp_path):
+    run_dir = tmp_path / "trial"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.experiments.bitflip",
+            "steps=200000",
+            "method=sgd_then_cbp",
+            "--run-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    (member,) = (run_dir / "members").iterdir()
+    assert member.name == "sgd_then_cbp-lr0.01-seed42"
+    config = json.loads((member / "config.json").read_text())["config"]
+    assert (config["method"], config["lr"], config["seed"], config["switch_step"]) == (
+        "sgd_then_cbp",
+        0.01,
+        42,
+        100_000,
+    )
+    frame = load_metrics(member)
+    loss = frame[(frame.split == "train") & (frame.metric == "loss")]
+    assert loss.step.tolist() == list(range(1000, 200_001, 1000))
+    assert loss.value.notna().all()
+    probe = frame[frame.split == "probe"]
+    assert set(probe.step) == set(range(10_000, 200_001, 10_000))
+    assert {"loss", "effective_rank", "replacements"} <= set(probe.metric)
+    assert json.loads((member / "status.json").read_text())["status"] == "completed"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_trial_resumes_without_duplicating_or_losing_rows(tmp_path, monkeypatch):
+    cfg = Config(
+        steps=6000,
+        method=("sgd", "cbp"),
+        seed=(0, 1),
+        bin_size=500,
+        metrics_every=1000,
+        checkpoint_every=2000,
+        cbp_rate=1e-2,
+        cbp_maturity=50,
+    )
+    run(cfg, RunRecord(tmp_path / "straight"))
+
+    original = RunRecord.save_checkpoint
+
+    def killed_at_4000(self, step, state):
+        if step == 4000:  # member rows up to 4000 are flushed, the trial checkpoint is not
+            raise _Killed
+        original(self, step, state)
+
+    monkeypatch.setattr(RunRecord, "save_checkpoint", killed_at_4000)
+    with pytest.raises(_Killed):
+        run(cfg, RunRecord(tmp_path / "killed"))
+    monkeypatch.setattr(RunRecord, "save_checkpoint", original)
+    run(cfg, RunRecord(tmp_path / "killed"))
+
+    dirs = [Path()] + [Path("members") / m.name for m in cfg.members()]  # trial, then members
+    for sub in dirs:
+        a = load_metrics(tmp_path / "straight" / sub)
+        b = load_metrics(tmp_path / "killed" / sub)
+        assert len(a) > 0
+        key = ["step", "split", "layer", "metric"]
+        assert not b.duplicated(key).any()
+        pd.testing.assert_frame_equal(
+            a.drop(columns="run_id").sort_values(key).reset_index(drop=True),
+            b.drop(columns="run_id").sort_values(key).reset_index(drop=True),
+        )
+
+
+def test_member_records_carry_scalar_configs(tmp_path):
+    cfg = Config(steps=2000, method=("sgd", "adam"), lr=(0.01, 0.001), seed=(7,))
+    summary = run(cfg, RunRecord(tmp_path))
+    assert summary["members"] == 4
+    names = sorted(p.name for p in (tmp_path / "members").iterdir())
+    assert names == sorted(m.name for m in cfg.members())
+    config = json.loads((tmp_path / "members" / "adam-lr0.001-seed7" / "config.json").read_text())
+    assert config["config"]["method"] == "adam" and config["config"]["lr"] == 0.001
+
+
+def test_bad_configs_fail_before_any_work():
+    with pytest.raises(ValueError, match="sgd, adam, noisy_sgd, cbp, sgd_then_cbp"):
+        Config(method=("sgdd",))
+    with pytest.raises(ValueError, match="one member"):
+        Config(engine="eager", seed=(1, 2))
+    with pytest.raises(ValueError, match="multiple of bin_size"):
+        Config(metrics_every=1500)
+    assert bitflip.Config().steps == 5_000_000
+
+
+@pytest.mark.parametrize(
+    "activation", ["leaky_relu", "tanh", "sigmoid", "gelu", "elu", "selu", "identity"]
+)
+def test_every_activation_and_an_input_dependent_utility_match_the_eager_run(activation):
+    cfg = Config(
+        steps=1000,
+        method=("cbp",),
+        activation=activation,
+        dtype="float64",
+        cbp_rate=0.05,
+        cbp_maturity=10,
+        cbp_util="adaptable_contribution",
+    )
+    weights, replaced = _final_weights(cfg)
+    eager, eager_replaced = _final_weights(dataclasses.replace(cfg, engine="eager"))
+    for name in weights:
+        torch.testing.assert_close(weights[name], eager[name], atol=1e-9, rtol=0)
+    assert replaced[0] == eager_replaced[0] > 10
+
+
+@pytest.mark.parametrize("rounding", ["carry", "bernoulli"])
+def test_several_replacements_per_step_match_the_eager_run(rounding):
+    """rate * width = 2.5: up to 3 units a step, each taking its own candidate row."""
+    cfg = Config(
+        steps=1000,
+        method=("cbp",),
+        width=10,
+        dtype="float64",
+        cbp_rate=0.25,
+        cbp_maturity=20,
+        cbp_rounding=rounding,
+    )
+    weights, replaced = _final_weights(cfg)
+    eager, eager_replaced = _final_weights(dataclasses.replace(cfg, engine="eager"))
+    for name in weights:
+        torch.testing.assert_close(weights[name], eager[name], atol=1e-9, rtol=0)
+    assert replaced[0] == eager_replaced[0] > 300
+
+
+def test_member_records_equal_the_eager_runs_records(tmp_path):
+    """Loss bins and the probe's metrics of an ensemble member equal those of the plain run."""
+    cfg = Config(
+        steps=2000,
+        method=("sgd", "cbp"),
+        seed=(4,),
+        dtype="float64",
+        bin_size=500,
+        metrics_every=1000,
+        cbp_rate=0.02,
+        cbp_maturity=20,
+    )
+    run(cfg, RunRecord(tmp_path / "ensemble"))
+    for member in cfg.members():
+        run(_alone(cfg, member, engine="eager"), RunRecord(tmp_path / member.name))
+        a = load_metrics(tmp_path / "ensemble" / "members" / member.name)
+        b = load_metrics(tmp_path / member.name / "members" / member.name)
+        assert set(a.split) == {"train", "probe"}
+        assert {"hidden/effective_rank", "hidden/dead_fraction", "hidden/replacements"} <= set(
+            a.layer + "/" + a.metric
+        )
+        key = ["step", "split", "layer", "metric"]
+        a, b = (f.sort_values(key).reset_index(drop=True) for f in (a, b))
+        assert a[key].equals(b[key])
+        torch.testing.assert_close(
+            torch.tensor(a.value.values), torch.tensor(b.value.values), atol=1e-9, rtol=1e-9
+        )
+
+
+def test_a_diverging_member_is_marked_and_the_others_complete(tmp_path):
+    cfg = Config(steps=2000, method=("sgd",), lr=(0.01, 50.0), seed=(1,), metrics_every=1000)
+    summary = run(cfg, RunRecord(tmp_path))
+    status = {
+        m.name: json.loads((tmp_path / "members" / m.name / "status.json").read_text())["status"]
+        for m in cfg.members()
+    }
+    assert status == {"sgd-lr0.01-seed1": "completed", "sgd-lr50-seed1": "diverged"}
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
+    assert summary["final_loss"]["sgd-lr0.01-seed1"] < 10

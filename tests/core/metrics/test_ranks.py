@@ -1,0 +1,117 @@
+"""Rank metrics on matrices whose answers are known by hand."""
+
+import math
+
+import pytest
+import torch
+
+from core.metrics import (
+    approximate_rank,
+    approximate_rank_abs,
+    effective_rank,
+    effective_rank_cov,
+    numerical_rank,
+    participation_ratio,
+    stable_rank,
+)
+
+UNCENTRED = (effective_rank, stable_rank, numerical_rank, approximate_rank, approximate_rank_abs)
+CENTRED = (effective_rank_cov, participation_ratio)
+ALL_RANKS = UNCENTRED + CENTRED
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+@pytest.mark.parametrize("via", ["gram", "svd"])
+def test_identity_has_full_rank(n, via):
+    eye = torch.eye(n, dtype=torch.float64)
+    for rank in UNCENTRED:
+        assert rank(eye, via=via) == pytest.approx(n, rel=1e-9), rank.__name__
+    # The centred ranks see the covariance: [I; -I] has column means 0 and covariance 2I / (2n-1).
+    if n > 1:
+        both = torch.cat([eye, -eye])
+        for rank in CENTRED:
+            assert rank(both, via=via) == pytest.approx(n, rel=1e-9), rank.__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("via", ["gram", "svd"])
+def test_rank_one_matrix_has_rank_one(dtype, via):
+    u = torch.tensor([1.0, -2.0, 3.0, 0.0, 5.0, 1.0, 2.0], dtype=dtype)
+    v = torch.tensor([2.0, 1.0, -1.0, 4.0], dtype=dtype)
+    h = torch.outer(u, v)  # integers: exact in float32 too
+    for rank in ALL_RANKS:
+        assert rank(h, via=via) == pytest.approx(1.0, abs=1e-6), rank.__name__
+        assert rank(h.T, via=via) == pytest.approx(1.0, abs=1e-6), rank.__name__
+
+
+def test_hand_computed_spectrum():
+    h = torch.tensor([[4.0, 0.0], [0.0, 3.0]], dtype=torch.float64)  # sigma = (4, 3)
+    p = (4 / 7, 3 / 7)
+    assert effective_rank(h) == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)))
+    assert stable_rank(h) == pytest.approx(25 / 16)
+    assert approximate_rank(h, mass=0.6) == 1  # 16/25 = 0.64 >= 0.6
+    assert approximate_rank(h, mass=0.65) == 2
+    assert approximate_rank_abs(h, mass=0.55) == 1  # 4/7 = 0.571
+    assert approximate_rank_abs(h, mass=0.6) == 2
+    assert numerical_rank(h, rtol=0.8) == 1  # 3 < 0.8 * 4
+    assert numerical_rank(h, rtol=0.7) == 2
+    assert effective_rank(torch.zeros(3, 2)) == 0.0
+    assert participation_ratio(torch.ones(3, 2)) == 0.0  # constant columns: zero covariance
+
+
+def _with_covariance(c: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
+    """A (rows x n) matrix whose centred scatter matrix H_c^T H_c is exactly c."""
+    z = torch.randn(rows, c.shape[0], generator=generator, dtype=torch.float64)
+    q, _ = torch.linalg.qr(z - z.mean(dim=0))  # orthonormal columns with zero mean
+    evals, evecs = torch.linalg.eigh(c)
+    return q @ (evecs * evals.sqrt()) @ evecs.T  # q @ c^(1/2)
+
+
+@pytest.mark.parametrize(("n", "rho"), [(2, 0.5), (6, 0.3), (10, 0.9), (8, 0.0)])
+def test_equicorrelated_participation_ratio(n, rho):
+    c = torch.full((n, n), rho, dtype=torch.float64).fill_diagonal_(1.0)
+    h = _with_covariance(c, 50, torch.Generator().manual_seed(n))
+    assert participation_ratio(h) == pytest.approx(n**2 / (n + n * (n - 1) * rho**2), rel=1e-9)
+    # Eigenvalues 1 + (n-1) rho (once) and 1 - rho (n - 1 times), over their sum n.
+    p = [(1 + (n - 1) * rho) / n] + [(1 - rho) / n] * (n - 1)
+    expected = math.exp(-sum(q * math.log(q) for q in p if q > 0))
+    assert effective_rank_cov(h) == pytest.approx(expected, rel=1e-9)
+
+
+def test_scale_and_permutation_leave_ranks_unchanged():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(30, 8, generator=g, dtype=torch.float64) @ torch.randn(
+        8, 12, generator=g, dtype=torch.float64
+    )
+    perm = torch.randperm(12, generator=g)
+    for rank in ALL_RANKS:
+        assert rank(h[:, perm]) == pytest.approx(rank(h), rel=1e-9), rank.__name__
+        assert rank(h[torch.randperm(30, generator=g)]) == pytest.approx(rank(h), rel=1e-9)
+        assert rank(7.5 * h) == pytest.approx(rank(h), rel=1e-9), rank.__name__
+
+
+@pytest.mark.parametrize("shape", [(60, 20), (20, 60), (33, 33)])
+def test_gram_and_svd_paths_agree(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    full = torch.randn(*shape, generator=g, dtype=torch.float64)
+    low = full[:, :5] @ torch.randn(5, shape[1], generator=g, dtype=torch.float64)  # rank 5
+    for h in (full, low, full.exp()):
+        for rank in ALL_RANKS:
+            assert rank(h, via="gram") == pytest.approx(rank(h, via="svd"), abs=1e-6), rank.__name__
+    assert numerical_rank(low) == 5 == numerical_rank(low, via="svd")
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="valid: gram, svd"):
+        effective_rank(torch.eye(3), via="qr")
+    with pytest.raises(ValueError, match="unit_matrix"):
+        effective_rank(torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="floating"):
+        stable_rank(torch.eye(3, dtype=torch.int64))
+
+
+def test_tensor_versions_stay_on_the_device():
+    h = torch.eye(4)
+    value = effective_rank.tensor(h)
+    assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.device == h.device
+    assert isinstance(effective_rank(h), float)

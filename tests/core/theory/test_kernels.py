@@ -1,0 +1,192 @@
+"""Hermite coefficients, kernels, decorrelation strength and frozen probability against closed forms
+(paper §3, App. A.1-A.2; paper_spec §8.2-8.3 reference values)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.theory import (
+    ACTIVATIONS,
+    decorrelation_strength,
+    frozen_probability,
+    gauss_hermite,
+    hermite_coefficients,
+    hermite_functions,
+    kernel,
+    kernel_quadrature,
+    normalised_activation,
+    panel_rule,
+    relu_kernel,
+    sign_kernel,
+)
+
+SMOOTH_AND_KINKED = ("relu", "tanh", "sigmoid", "gelu", "elu")
+
+
+def _phi(x):
+    return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
+def _cdf(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def test_zeta_closed_forms():
+    assert decorrelation_strength("relu") == pytest.approx(
+        1 - math.pi / (2 * math.pi - 2), abs=1e-6
+    )
+    assert decorrelation_strength("sign") == pytest.approx(1 - 2 / math.pi, abs=1e-6)
+    assert decorrelation_strength("identity") == pytest.approx(0.0, abs=1e-12)
+    assert decorrelation_strength("identity", a=-3.0, b=2.0) == pytest.approx(0.0, abs=1e-12)
+    # a pure second Hermite polynomial is maximally decorrelating (c_1 = 0)
+    assert decorrelation_strength(lambda x: x**2) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, zeta",
+    [("gelu", 0.2767), ("tanh", 0.0695), ("elu", 0.0633), ("sigmoid", 0.0158)],
+)
+def test_zeta_reference_values(name, zeta):
+    """paper_spec §8.2's table (4 decimals)."""
+    assert decorrelation_strength(name) == pytest.approx(zeta, abs=6e-5)
+
+
+@pytest.mark.parametrize("b", np.linspace(-3.0, 3.0, 13))
+def test_zeta_of_biased_relu_closed_form(b):
+    """ReLU(z + b): c_1 = Phi(b), E f = b Phi(b) + phi(b), E f^2 = (1 + b^2) Phi(b) + b phi(b)."""
+    cdf, pdf = _cdf(b), _phi(b)
+    var = (1 + b * b) * cdf + b * pdf - (b * cdf + pdf) ** 2
+    assert decorrelation_strength("relu", 1.0, b) == pytest.approx(1 - cdf**2 / var, abs=1e-9)
+
+
+@pytest.mark.parametrize("a", [0.1, 0.3, 0.7])
+def test_zeta_in_the_exponential_regime_of_elu(a):
+    """ELU(a z - 15) = -1 + e^-15 e^(a z): lognormal, zeta = 1 - a^2 / (e^(a^2) - 1); not frozen."""
+    assert decorrelation_strength("elu", a, -15.0) == pytest.approx(
+        1 - a * a / math.expm1(a * a), abs=1e-8
+    )
+
+
+def test_frozen_unit_has_zeta_one_and_no_normalised_form():
+    assert decorrelation_strength("relu", 1.0, -20.0) == 1.0
+    assert decorrelation_strength("tanh", 0.0, 0.5) == 1.0
+    with pytest.raises(ValueError, match="constant"):
+        normalised_activation("relu", 1.0, -20.0)
+
+
+def test_unknown_activation_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="relu, leaky_relu, tanh") as err:
+        decorrelation_strength("rleu")
+    assert all(name in str(err.value) for name in ACTIVATIONS)
+    with pytest.raises(ValueError, match="auto, closed, series, quadrature"):
+        kernel("relu", method="exact")
+
+
+def test_gauss_hermite_is_for_the_standard_normal_and_exact_on_polynomials():
+    z, w = gauss_hermite(20)
+    moments = [float(w @ z**k) for k in range(9)]
+    assert moments == pytest.approx([1, 0, 1, 0, 3, 0, 15, 0, 105], abs=1e-10)
+    h = hermite_functions(z, 12)
+    assert (w * h.T) @ h == pytest.approx(torch.eye(13, dtype=torch.float64), abs=1e-10)
+    # a quadratic activation is h_2 after normalisation: exactly one coefficient
+    c = hermite_coefficients(lambda x: x**2, terms=8, rule=gauss_hermite(20))
+    assert c == pytest.approx(torch.eye(9, dtype=torch.float64)[2], abs=1e-12)
+
+
+def test_gauss_hermite_and_panel_rule_agree_on_smooth_activations():
+    for name in ("tanh", "gelu", "sigmoid"):
+        gh = hermite_coefficients(name, terms=20, rule=gauss_hermite(200))
+        panel = hermite_coefficients(name, terms=20)
+        assert gh == pytest.approx(panel, abs=1e-10)
+
+
+def test_gauss_hermite_is_slow_across_a_kink():
+    """Why the panel rule is the default: O(1/n) error for ReLU with Gauss-Hermite."""
+    exact = 1 - math.pi / (2 * math.pi - 2)
+    c = hermite_coefficients("relu", terms=1, rule=gauss_hermite(200))
+    assert abs(1 - float(c[1]) ** 2 - exact) > 1e-4
+
+
+@pytest.mark.parametrize("name", ("relu", "tanh", "gelu", "selu", "sign"))
+def test_normalisation_and_parseval(name):
+    z, w = panel_rule(1.0, 0.0, ACTIVATIONS[name].kinks)
+    f = normalised_activation(name)(z)
+    assert float(w @ f) == pytest.approx(0.0, abs=1e-12)
+    assert float(w @ f**2) == pytest.approx(1.0, abs=1e-12)
+    c = hermite_coefficients(name, terms=200)
+    assert float(c[0]) == pytest.approx(0.0, abs=1e-12)
+    # sum c_k^2 -> 1: the tail beyond 200 terms is O(K^-1/2) at a jump, O(K^-3/2) at a kink
+    tail = 1 - float((c**2).sum())
+    assert 0 <= tail < {"sign": 0.04, "relu": 1e-4, "selu": 1e-4}.get(name, 1e-6)
+
+
+def test_relu_kernel_matches_the_arc_cosine_closed_form():
+    rho = np.linspace(-1.0, 1.0, 41)
+    assert kernel_quadrature("relu", rho) == pytest.approx(relu_kernel(rho), abs=1e-6)
+    assert kernel("relu")(rho) == pytest.approx(relu_kernel(rho), abs=0)
+    assert float(relu_kernel(0.5)) == pytest.approx(0.426, abs=5e-4)  # paper_spec spot check
+    # the series converges to it, slowly (its error at rho = 1 is the tail, ~ K^-3/2)
+    assert kernel("relu", method="series", terms=200)(rho) == pytest.approx(
+        relu_kernel(rho), abs=1e-4
+    )
+
+
+def test_sign_kernel_matches_the_arcsine_closed_form():
+    rho = np.linspace(-1.0, 1.0, 21)
+    assert kernel_quadrature("sign", rho) == pytest.approx(sign_kernel(rho), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ("tanh", "gelu", "sigmoid"))
+def test_series_matches_quadrature_for_smooth_activations(name):
+    rho = np.linspace(-1.0, 1.0, 11)
+    assert kernel(name, terms=64)(rho) == pytest.approx(kernel_quadrature(name, rho), abs=1e-7)
+
+
+@pytest.mark.parametrize("name", SMOOTH_AND_KINKED + ("sign",))
+def test_kernel_properties(name):
+    """kappa(0) = 0, |kappa| <= |rho|, kappa'(0) = c_1^2 = 1 - zeta, kappa(1) = 1."""
+    rho = np.linspace(-1.0, 1.0, 401)
+    kappa = kernel(name)
+    values = kappa(rho)
+    assert float(kappa(0.0)) == pytest.approx(0.0, abs=1e-12)
+    assert np.all(np.abs(values) <= np.abs(rho) + 1e-12)
+    h = 1e-5
+    slope = (kappa(h) - kappa(-h)) / (2 * h)
+    assert float(slope) == pytest.approx(1 - decorrelation_strength(name), abs=1e-5)
+    exact = kernel_quadrature(name, [1.0])
+    assert float(exact[0]) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_frozen_probability_closed_forms():
+    for a, b in [(1.0, 0.0), (1.0, -1.0), (2.0, 1.5), (0.5, -2.0)]:
+        assert frozen_probability("relu", a, b, 1e-8) == pytest.approx(_cdf(-b / a), abs=1e-9)
+    # tanh(a z): |a (1 - tanh^2)| < eps  <=>  |a z| > atanh(sqrt(1 - eps / a))
+    for a in (2.0, 5.0, 10.0, 100.0):
+        t = math.atanh(math.sqrt(1 - 1e-4 / a)) / a
+        assert frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(2 * _cdf(-t), abs=1e-9)
+    assert frozen_probability("identity") == 0.0
+    assert frozen_probability("sign") == 1.0
+
+
+def test_frozen_probability_reference_values():
+    """paper_spec §8.3's tanh(a z) table, eps = 1e-4."""
+    table = {0.5: 0.0, 1.0: 0.0, 2.0: 0.005, 5.0: 0.22, 10.0: 0.52, 100.0: 0.94}
+    for a, p in table.items():
+        assert frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(p, abs=5e-3)
+
+
+def test_zeta_is_monotone_in_relu_bias_and_tanh_gain():
+    """Fig. A.2: zeta rises as the ReLU bias falls and as the tanh gain grows, toward freezing."""
+    biases = np.linspace(-3.0, 3.0, 61)
+    zeta_b = np.array([decorrelation_strength("relu", 1.0, b) for b in biases])
+    dead = np.array([frozen_probability("relu", 1.0, b, 1e-8) for b in biases])
+    assert np.all(np.diff(zeta_b) < 0) and np.all(np.diff(dead) < 0)
+    assert zeta_b[0] > 0.99 and dead[0] > 0.99
+    gains = np.logspace(-1.0, 2.0, 61)
+    zeta_a = np.array([decorrelation_strength("tanh", a, 0.0) for a in gains])
+    frozen = np.array([frozen_probability("tanh", a, 0.0, 1e-4) for a in gains])
+    assert np.all(np.diff(zeta_a) > 0) and np.all(np.diff(frozen) >= 0)
+    assert zeta_a[-1] < 1 - 2 / math.pi + 1e-3  # tanh(a z) -> sign as a -> infinity
+    assert frozen[-1] > 0.9

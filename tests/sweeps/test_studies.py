@@ -1,0 +1,75 @@
+"""The studies' spaces: exact paper grids, keys valid for their experiments, bad keys refused."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from ray import tune
+
+from sweeps import driver
+from sweeps.configs import count_grid, first_point
+from sweeps.studies import STUDIES, get_study
+
+PAPER_TRIALS = {"cloning_noise": 900, "cloning_dropout": 1080, "continual": 360}
+
+
+@pytest.mark.parametrize("study", sorted(PAPER_TRIALS))
+@pytest.mark.parametrize("scale", ["paper", "reference"])
+def test_paper_grids_have_the_papers_size(study, scale):
+    assert count_grid(driver.resolved_space(study, scale)) == PAPER_TRIALS[study]
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_scale_resolves_against_its_experiment(study):
+    for scale in get_study(study).SCALES:
+        space = driver.resolved_space(study, scale)  # validates keys, builds one Config
+        assert first_point(space)
+
+
+def test_cloning_dropout_ties_the_clone_optimizer_to_the_base():
+    space = driver.resolved_space("cloning_dropout", "paper")
+    from ray.tune.search.variant_generator import generate_variants
+
+    points = [config for _, config in generate_variants(space)]
+    assert len(points) == 1080
+    assert all(p["clone_optimizer.name"] == p["optimizer.name"] for p in points)
+    assert all(p["clone_optimizer.lr"] == p["optimizer.lr"] for p in points)
+    assert {(p["optimizer.name"], p["optimizer.lr"]) for p in points} == {
+        (name, lr) for name in ("sgd", "adam") for lr in (1e-2, 1e-3, 1e-4)
+    }
+
+
+def test_an_unknown_key_fails_before_anything_starts(monkeypatch):
+    real = get_study("continual")
+    broken = types.SimpleNamespace(
+        EXPERIMENT="continual",
+        SCALES=("smoke",),
+        base_config=real.base_config,
+        param_space=lambda scale: {"optimizer.lrr": tune.grid_search([0.1]), "sede": 1},
+        resources=real.resources,
+    )
+    monkeypatch.setattr(driver, "get_study", lambda name: broken)
+    with pytest.raises(ValueError) as err:
+        driver.resolved_space("continual", "smoke")
+    assert "unknown key(s) optimizer.lrr, sede" in str(err.value)
+    assert "valid keys: dataset," in str(err.value) and "optimizer.lr" in str(err.value)
+
+
+def test_unknown_study_and_scale():
+    with pytest.raises(ValueError, match="studies: cloning_noise, cloning_dropout"):
+        get_study("cloning")
+    with pytest.raises(ValueError, match="scales: smoke, paper"):
+        driver.resolved_space("continual", "huge")
+
+
+def test_bitflip_paper_counts():
+    from sweeps.studies.bitflip import members_per_trial
+
+    space = driver.resolved_space("bitflip", "paper")
+    trials = count_grid(space)
+    assert (trials, members_per_trial(space)) == (12, 70)
+    assert trials * members_per_trial(space) == 840
+    sgd_trials = trials // len(space["method"]["grid_search"])
+    assert sgd_trials * members_per_trial(space) == 280  # the paper's baseline grid
+    assert space["seed"] == tuple(range(30, 100)) and space["steps"] == 5_000_000
