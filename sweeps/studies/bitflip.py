@@ -8,8 +8,8 @@ Each trial is one batched ensemble (`core.experiments.bitflip`): one learner wid
 with the 70 seeds 30-99 of the paper's grid as members, 5M online steps each. Methods: `sgd` (the
 paper's 280 baseline runs: 4 widths x 70 seeds), `sgd_then_cbp` (SGD for the first 2.5M steps,
 then CBP: Fig. B.1) and `cbp` (CBP throughout: with `sgd`, the width study of Fig. B.2). Trials:
-4 widths {5, 10, 50, 100} x 3 methods = 12; member runs: 12 x 70 = 840. Cost: about 12
-CPU-seconds per member in a large ensemble, so a trial is a few CPU-minutes to an hour.
+4 widths {5, 10, 50, 100} x 3 methods = 12; member runs: 12 x 70 = 840. Cost: about 1.4
+(SGD) to 3.3 (CBP) CPU-seconds per 5M-step member in a 256-member ensemble.
 Expected: under SGD the binned loss rises again after its first fall and the hidden rank falls,
 more so for wider learners; after the switch CBP brings both back. `smoke`: 20,000 steps, 2 widths
 x 2 methods x 3 seeds.
