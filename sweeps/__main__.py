@@ -1,9 +1,9 @@
 """`python -m sweeps run|resume|status|list [STUDY] --scale S --backend local|slurm`.
 
-    run      start the sweep, or finish it if the sweep directory already holds it
-    resume   finish an interrupted sweep (refuses when there is nothing to resume)
-    status   counts of the sweep's run records by status
-    list     the studies, their scales and their number of trials
+run      start the sweep, or finish it if the sweep directory already holds it
+resume   finish an interrupted sweep (refuses when there is nothing to resume)
+status   counts of the sweep's run records by status
+list     the studies, their scales and their number of trials
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             nodes=args.nodes,
             dry_run=args.dry_run,
         )
-        print(job if args.dry_run else f"submitted SLURM job {job.job_id}; logs: {job.paths.stdout}")
+        print(
+            job if args.dry_run else f"submitted SLURM job {job.job_id}; logs: {job.paths.stdout}"
+        )
         return 0
     summary = run_sweep(args.study, args.scale, sweep_dir, dashboard=not args.no_dashboard)
     print(json.dumps(summary, indent=2))
@@ -69,4 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as err:  # bad study, scale, key, profile or sweep dir
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections import Counter
@@ -62,25 +63,28 @@ def git_sha() -> str:
         return "unknown"
 
 
-def _init_ray(ray_address: str | None, dashboard: bool) -> None:
+def _init_ray(ray_address: str | None, dashboard: bool) -> str | None:
+    """Connect to `ray_address`, or start a local head; returns the local head's temp dir."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray_address is not None:
         ray.init(address=ray_address, log_to_driver=False)
-        return
+        return None
     # A local sweep's dashboard listens on 127.0.0.1 only; token authentication is turned off
     # for it (a cluster keeps Ray's default), so that the printed address opens in a browser.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = tempfile.mkdtemp(prefix="lopray-")
     context = ray.init(
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         dashboard_port=8265,
-        _temp_dir=tempfile.mkdtemp(prefix="lopray-"),
+        _temp_dir=temp_dir,
         log_to_driver=False,
     )
     if dashboard and context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+    return temp_dir
 
 
 def run_sweep(
@@ -119,7 +123,7 @@ def run_sweep(
         tune.with_parameters(run_trial, study=study, sweep_dir=str(sweep_dir)),
         module.resources(scale),
     )
-    _init_ray(ray_address, dashboard)
+    temp_dir = _init_ray(ray_address, dashboard)
     try:
         experiment_path = sweep_dir / TUNE_DIR
         if tune.Tuner.can_restore(experiment_path):
@@ -141,8 +145,9 @@ def run_sweep(
             )
         tuner.fit()
     finally:
-        if ray_address is None:
+        if temp_dir is not None:
             ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
     return sweep_status(sweep_dir)
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -36,7 +35,9 @@ _TUNE_BOOKKEEPING = {
 
 def tracking_uri(sweep_dir: Path) -> str:
     """`MLFLOW_TRACKING_URI` if set, else an SQLite file inside the sweep directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(sweep_dir).resolve()}/mlflow.db"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(sweep_dir).resolve()}/mlflow.db"
+    )
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:

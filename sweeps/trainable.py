@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from core.records import RunRecord
 from core.experiments.overrides import apply_overrides
+from core.records import RunRecord
 from sweeps.studies import get_study
 
 

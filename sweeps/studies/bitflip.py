@@ -53,8 +53,8 @@ def param_space(scale: str) -> dict:
 
 def members_per_trial(space: dict) -> int:
     """Member runs in each trial: its methods x learning rates x seeds."""
-    return len(space["lr"]) * len(space["seed"]) * max(
-        len(m) for m in space["method"]["grid_search"]
+    return (
+        len(space["lr"]) * len(space["seed"]) * max(len(m) for m in space["method"]["grid_search"])
     )
 
 
