@@ -257,7 +257,19 @@ def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict[str, Any]:
     optimizer and CBP state, every RNG stream, the stream position). Member rows are flushed just
     before each trial checkpoint, so a member may hold rows past the checkpoint it resumes from;
     those steps are recomputed (deterministically, to the same values) and not logged again.
+    A trial whose record is already `completed` or `diverged` is not run again: its summary is
+    returned. An exception marks the trial `failed` (with the error) and propagates.
     """
+    if sink.status in ("completed", "diverged"):
+        return sink.status_info["summary"]
+    try:
+        return _run(cfg, sink, progress)
+    except Exception as err:
+        sink.set_status("failed", f"{type(err).__name__}: {err}")
+        raise
+
+
+def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict[str, Any]:
     members = cfg.members()
     sink.write_config(cfg)
     records = [
@@ -312,15 +324,17 @@ def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict[str, Any]:
     for record, ok in zip(records, finite):
         record.set_status("completed" if ok else "diverged", "" if ok else "non-finite loss")
     diverged = [m.name for m, ok in zip(members, finite) if not ok]
-    sink.set_status("completed" if not diverged else "diverged", ", ".join(diverged))
     done = cfg.steps - start
-    return {
+    summary = {
         "members": len(members),
         "steps": cfg.steps,
         "member_examples_per_s": done * len(members) / elapsed if elapsed > 0 else math.nan,
         "final_loss": {m.name: loss for m, loss in zip(members, last_loss)},
         "member_dirs": [str(Path(r.run_dir)) for r in records],
     }
+    status = "completed" if not diverged else "diverged"
+    sink.set_status(status, ", ".join(diverged), summary=summary)
+    return summary
 
 
 if __name__ == "__main__":

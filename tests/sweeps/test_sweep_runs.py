@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from core.records import load_metrics
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY = ["run_id", "step", "split", "layer", "metric"]
 
@@ -43,40 +45,88 @@ def mlflow_runs(sweep_dir: Path):
     return client, client.search_runs([experiment.experiment_id])
 
 
+# Student-t 0.975 quantiles for the smoke scales' seed counts (2 and 3 seeds), from tables.
+T_975 = {2: 12.706204736174707, 3: 4.302652729749464}
+# What each make target runs, and the (split, metric) its aggregate table reports by default.
+MAKE_TARGETS = {
+    "sweep-cloning": {
+        "cloning_noise": ("clone_train", "loss"),
+        "cloning_dropout": ("clone_train", "loss"),
+    },
+    "sweep-continual": {"continual": ("val", "acc")},
+    "sweep-bitflip": {"bitflip": ("train", "loss")},
+}
+
+
+def expected_table(sweep_dir: Path, split: str, metric: str, by: list[str]) -> pd.DataFrame:
+    """The aggregate table computed here from the run records: the final `metric` of `split` per
+    run, grouped by `by`, mean, std and the t-interval of the seeds."""
+    values = []
+    for status in sweep_dir.glob("runs/**/status.json"):
+        run_dir = status.parent
+        rows = load_metrics(run_dir)
+        rows = rows[(rows["split"] == split) & (rows["layer"] == "") & (rows["metric"] == metric)]
+        if rows.empty:  # a bit-flip trial's own record: ensemble summaries only
+            continue
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+        flat = pd.json_normalize(config).iloc[0]
+        values.append({**{k: flat[k] for k in by}, "value": rows.iloc[-1]["value"]})
+    table = pd.DataFrame(values).groupby(by)["value"].agg(["count", "mean", "std"]).reset_index()
+    half = table["count"].map(T_975) * table["std"] / table["count"] ** 0.5
+    return table.assign(ci_low=table["mean"] - half, ci_high=table["mean"] + half)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("study", ["cloning_noise", "continual"])
-def test_smoke_sweep_leaves_records_and_mlflow_runs(tmp_path, study):
-    sweep_dir = tmp_path / f"{study}-smoke"
+@pytest.mark.parametrize("target", list(MAKE_TARGETS))
+def test_make_target_runs_the_smoke_sweeps_and_prints_their_intervals(tmp_path, target):
+    """`make sweep-*` as a user runs it (the venv already built): local Ray, run records,
+    MLflow runs in each sweep's SQLite store, and the printed aggregate table."""
     out = subprocess.run(
-        sweep_cmd(study, sweep_dir, "--no-dashboard"),
+        ["make", "-o", "install", target, f"PY={sys.executable}", f"SWEEPS_OUT={tmp_path}"]
+        + ["SWEEP_ARGS=--no-dashboard"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.rindex("{\n") :])
-    assert summary["planned"] == summary["completed"] == 4
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for study, (split, metric) in MAKE_TARGETS[target].items():
+        sweep_dir = tmp_path / f"{study}-smoke"
+        runs = statuses(sweep_dir)
+        assert sorted(runs.values()) == ["completed"] * 4, runs  # every smoke study: 4 trials
+        rows = all_rows(sweep_dir)
+        assert list(rows.columns) == ["run_id", "step", "split", "layer", "metric", "value"]
+        assert set(rows["run_id"]) == set(runs) and not rows.duplicated(KEY).any()
 
-    runs = statuses(sweep_dir)
-    assert sorted(runs.values()) == ["completed"] * 4
-    rows = all_rows(sweep_dir)
-    assert list(rows.columns) == ["run_id", "step", "split", "layer", "metric", "value"]
-    assert set(rows["run_id"]) == set(runs)
-    assert not rows.duplicated(KEY).any()
+        client, mruns = mlflow_runs(sweep_dir)
+        assert len(mruns) == 4
+        for run in mruns:
+            tags, params = run.data.tags, run.data.params
+            assert run.info.status == "FINISHED"
+            assert tags["study"] == study and tags["scale"] == "smoke"
+            assert tags["status"] == "completed" and tags["trial_id"] in runs
+            assert len(tags["git_sha"]) == 40 and tags["seed"] == params["seed"]
+            key = next(iter(run.data.metrics))
+            assert len(client.get_metric_history(run.info.run_id, key)) >= 2  # over steps
 
-    client, mruns = mlflow_runs(sweep_dir)
-    assert len(mruns) == 4
-    for run in mruns:
-        tags, params = run.data.tags, run.data.params
-        assert run.info.status == "FINISHED"
-        assert tags["study"] == study and tags["scale"] == "smoke"
-        assert tags["status"] == "completed" and tags["trial_id"] in runs
-        assert len(tags["git_sha"]) == 40 and tags["seed"] == params["seed"]
-        assert params["model.arch"] in ("mlp", "cnn")
-        assert run.data.metrics, "no metrics mirrored"
-        key = next(iter(run.data.metrics))
-        assert len(client.get_metric_history(run.info.run_id, key)) >= 2  # metrics over steps
+        # the table printed for this sweep is the CSV the aggregate wrote; its numbers are right
+        table = sweep_dir / "analysis" / f"{split}-{metric}-final.csv"
+        end = out.stdout.index(f"written: {table}")
+        title = f"{metric} (split {split}, at final): mean, std and 95% t-interval across seeds"
+        printed = out.stdout[out.stdout.rindex(title, 0, end) : end].splitlines()[1:]
+        written = pd.read_csv(table)
+        by = list(written.columns[: list(written.columns).index("n")])
+        assert printed[0].split() == [*by, "n", "mean", "std", "ci_low", "ci_high", "note"]
+        assert len(printed) == 1 + len(written)
+        for line, row in zip(printed[1:], written.itertuples(index=False)):
+            cells = line.split()
+            assert cells[: len(by)] == [str(v) for v in row[: len(by)]]
+            assert int(cells[len(by)]) == row.n
+            assert [float(c) for c in cells[len(by) + 1 :]] == pytest.approx(row[-5:-1], 1e-5)
+        expected = expected_table(sweep_dir, split, metric, by)
+        assert list(written["n"]) == list(expected["count"])
+        for column in ("mean", "std", "ci_low", "ci_high"):
+            assert written[column].to_numpy() == pytest.approx(expected[column].to_numpy(), 1e-9)
 
 
 def _snapshot(run_dir: Path) -> dict[str, int]:

@@ -255,3 +255,26 @@ def test_a_diverging_member_is_marked_and_the_others_complete(tmp_path):
     assert status == {"sgd-lr0.01-seed1": "completed", "sgd-lr50-seed1": "diverged"}
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
     assert summary["final_loss"]["sgd-lr0.01-seed1"] < 10
+
+
+def test_a_finished_trial_is_not_run_again_and_a_crash_is_recorded(tmp_path, monkeypatch):
+    cfg = Config(steps=2000, method=("sgd",), seed=(3,), metrics_every=1000)
+    record = RunRecord(tmp_path / "done")
+    summary = run(cfg, record)
+    rows = load_metrics(tmp_path / "done" / "members" / "sgd-lr0.01-seed3")
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a completed trial was trained again")
+
+    monkeypatch.setattr(bitflip, "train", must_not_train)
+    again = run(cfg, RunRecord(tmp_path / "done"))
+    assert json.loads(json.dumps(summary)) == again
+    pd.testing.assert_frame_equal(
+        rows, load_metrics(tmp_path / "done" / "members" / "sgd-lr0.01-seed3")
+    )
+
+    crashed = RunRecord(tmp_path / "crashed")
+    with pytest.raises(AssertionError, match="trained again"):
+        run(cfg, crashed)
+    info = json.loads((tmp_path / "crashed" / "status.json").read_text())
+    assert info["status"] == "failed" and "trained again" in info["reason"]
