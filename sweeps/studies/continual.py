@@ -45,6 +45,7 @@ def param_space(scale: str) -> dict:
             "task_unit": "steps",
             "probe_every": 3,
             "probe_size": 16,
+            "checkpoint_every": 6,  # one per task: retries and resumes have a checkpoint to use
             "model.arch": tune.grid_search(["mlp", "cnn"]),
             "model.norm": "batch",
             "model.dropout": 0.0,

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from core.records import load_metrics
+from core.experiments import continual
+from core.experiments.overrides import apply_overrides
+from core.records import RunRecord, load_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = ["run_id", "step", "split", "layer", "metric"]
@@ -178,3 +181,99 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     # every run logged the same steps as an uninterrupted one would: compare two seeds' step sets
     steps = rows.groupby("run_id")["step"].apply(lambda s: tuple(sorted(set(s))))
     assert steps.nunique() == 1
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (via /proc: the driver's Ray head and its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _trial_workers(driver_pid: int) -> list[int]:
+    """The Ray worker processes of this driver that run a trial (`ray::ImplicitFunc.train`)."""
+    workers = []
+    for pid in _descendants(driver_pid):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"ray::ImplicitFunc"):
+            workers.append(pid)
+    return workers
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in run_dir.glob("checkpoints/step-*.pt"))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_dies_is_retried_from_its_own_checkpoint(tmp_path):
+    """SIGKILL the worker processes running trials once a trial has a mid-run checkpoint: Tune
+    retries the trial (FailureConfig), the retry continues from the trial's run record, and the
+    record ends equal to an uninterrupted run of the same config."""
+    sweep_dir = tmp_path / "continual-smoke"
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(
+        sweep_cmd("continual", sweep_dir, "--no-dashboard"),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    victim = None
+    try:
+        deadline = time.time() + 300
+        while victim is None and time.time() < deadline:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            for run, status in statuses(sweep_dir).items():
+                steps = _checkpoint_steps(sweep_dir / "runs" / run)
+                if status == "running" and steps and steps[-1] < 18:  # 18: the last step
+                    workers = _trial_workers(driver.pid)
+                    for pid in workers:
+                        os.kill(pid, signal.SIGKILL)
+                    victim = run if workers else None
+                    break
+            time.sleep(0.05)
+        assert victim is not None, "no trial was caught between two checkpoints"
+        assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        log.close()
+
+    runs = statuses(sweep_dir)
+    assert sorted(runs.values()) == ["completed"] * 4
+    rows = all_rows(sweep_dir)
+    assert not rows.duplicated(KEY).any()
+    # the victim's reports come from two processes; the second began after the checkpoint,
+    # not from step 0
+    (trial_dir,) = (sweep_dir / "tune").glob(f"run_trial_{victim}_*")
+    reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    pids = list(dict.fromkeys(r["pid"] for r in reports))
+    assert len(pids) == 2, pids
+    first_steps = [r["step"] for r in reports if r["pid"] == pids[0]]
+    retry_steps = [r["step"] for r in reports if r["pid"] == pids[1]]
+    assert min(retry_steps) > min(first_steps)
+
+    params = json.loads((trial_dir / "params.json").read_text())
+    torch.set_num_threads(1)  # as the trial ran (one CPU)
+    continual.run(apply_overrides(continual.Config, params), RunRecord(tmp_path / "uninterrupted"))
+    key = [k for k in KEY if k != "run_id"]
+    expected = load_metrics(tmp_path / "uninterrupted").drop(columns="run_id")
+    got = load_metrics(sweep_dir / "runs" / victim).drop(columns="run_id")
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True),
+        expected.sort_values(key).reset_index(drop=True),
+    )

@@ -153,12 +153,9 @@ def _cbp_until_first_replacement(model, optimizer, cbp, x):
     raise AssertionError("no replacement happened")
 
 
-@pytest.mark.parametrize("bias_correction", [True, False])
-def test_output_change_at_a_replacement_is_the_documented_approximation(bias_correction):
-    """Frozen weights (lr 0) and a fixed training batch X: fhat_i = mean_X h_i exactly, and a
-    replacement moves the output on any x by -W_out[:, i] (h_i(x) - fhat_i) (with the bias
-    correction) or by -W_out[:, i] h_i(x) (without, the reference code's no-op)."""
-    cfg, model = _one_hidden_layer()
+def _frozen_with_cbp(model, bias_correction: bool = True):
+    """SGD with lr 0 (weights move only by replacements) and CBP replacing fast: one unit in 8,
+    maturity 3."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     cbp = ContinualBackprop(
         model,
@@ -169,6 +166,16 @@ def test_output_change_at_a_replacement_is_the_documented_approximation(bias_cor
         bias_correction=bias_correction,
         generator=torch.Generator().manual_seed(0),
     )
+    return opt, cbp
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_output_change_at_a_replacement_is_the_documented_approximation(bias_correction):
+    """Frozen weights (lr 0) and a fixed training batch X: fhat_i = mean_X h_i exactly, and a
+    replacement moves the output on any x by -W_out[:, i] (h_i(x) - fhat_i) (with the bias
+    correction) or by -W_out[:, i] h_i(x) (without, the reference code's no-op)."""
+    cfg, model = _one_hidden_layer()
+    opt, cbp = _frozen_with_cbp(model, bias_correction=bias_correction)
     x_train, x_probe = _batch(cfg, seed=1), _batch(cfg, n=32, seed=2)
     block = model.blocks[0]
     hidden = lambda x: block.act(block.linear(x))  # noqa: E731
@@ -193,15 +200,7 @@ def test_a_constant_unit_is_replaced_without_changing_the_output():
         first.weight[3] = 0
         first.bias[3] = 0.7  # relu(0.7): a constant unit
         second.weight[:, 3] *= 1e-3  # the lowest contribution in its layer
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    cbp = ContinualBackprop(
-        model,
-        opt,
-        replacement_rate=0.125,
-        maturity=3,
-        decay=0.9,
-        generator=torch.Generator().manual_seed(0),
-    )
+    opt, cbp = _frozen_with_cbp(model)
     x_probe = _batch(cfg, n=32, seed=5)
     with torch.no_grad():
         before = model(x_probe)
