@@ -15,7 +15,9 @@ eager run takes 20-35 minutes. Expected result
 the switch CBP brings it back down. `steps=20000 bin_size=1000` is the tiny smoke budget.
 
 Record: the trial's record (the sink) holds the trial config, status, checkpoints and, per bin, the
-`ensemble/loss_mean|min|max` and `ensemble/diverged` of the members (what a Tune sink reports);
+`ensemble/loss_mean|min|max` and `ensemble/diverged` of the members, and at each measurement
+(split `probe`) the members' mean of every probe metric, `ensemble/<metric>_mean` (what a Tune
+sink reports, so the dashboard and MLflow show the ensemble's loss and rank curves);
 every member has its own complete record under `<run_dir>/members/<method>-lr<lr>-seed<seed>/`
 (its config with scalar method/lr/seed, its metrics, its status), so analysis groups members like
 any other runs.
@@ -244,6 +246,15 @@ def _ensemble_summary(bin_loss: list[float]) -> dict[str, float]:
     }
 
 
+def _ensemble_probe_summary(metrics: list[dict]) -> dict[str, float]:
+    """The trial-level probe rows: each probe metric's mean over the members measured."""
+    measured = [m for m in metrics if m]
+    return {
+        f"ensemble/{key}_mean": sum(m[key] for m in measured) / len(measured)
+        for key in (measured[0] if measured else {})
+    }
+
+
 def _logged_steps(record: RunRecord) -> int:
     """The last step a member record already holds rows for (-1: none)."""
     frame = load_metrics(record.run_dir)
@@ -310,6 +321,8 @@ def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict[str, Any]:
                 if metrics:
                     record.log(stop, metrics[k], split="probe")
         sink.log(stop, _ensemble_summary(bin_loss))
+        if metrics:
+            sink.log(stop, _ensemble_probe_summary(metrics), split="probe")
         if stop % cfg.checkpoint_every == 0 or stop == cfg.steps:
             for record in records:
                 record.flush()

@@ -278,3 +278,23 @@ def test_a_finished_trial_is_not_run_again_and_a_crash_is_recorded(tmp_path, mon
         run(cfg, crashed)
     info = json.loads((tmp_path / "crashed" / "status.json").read_text())
     assert info["status"] == "failed" and "trained again" in info["reason"]
+
+
+def test_the_trial_record_holds_the_members_mean_probe_metrics(tmp_path):
+    cfg = Config(steps=2000, method=("sgd", "cbp"), seed=(1, 2), metrics_every=1000)
+    run(cfg, RunRecord(tmp_path))
+    trial = load_metrics(tmp_path)
+    trial = trial[trial["split"] == "probe"]
+    members = pd.concat([load_metrics(tmp_path / "members" / m.name) for m in cfg.members()])
+    members = members[members["split"] == "probe"]
+    expected = members.groupby(["step", "layer", "metric"])["value"].mean().reset_index()
+    expected["layer"] = ("ensemble/" + expected["layer"]).str.rstrip("/")
+    expected["metric"] += "_mean"
+    got = trial[["step", "layer", "metric", "value"]]
+    key = ["step", "layer", "metric"]
+    assert len(got) == len(expected) > 2 * len(cfg.members())
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True),
+        expected.sort_values(key).reset_index(drop=True),
+        rtol=1e-12,
+    )
