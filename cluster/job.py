@@ -2,10 +2,11 @@
 
     SweepJob()(study, scale, sweep_dir)
 
-Node 0 starts the Ray head, waits for every node, prints the ssh tunnel command of the
-dashboard, and runs the Tune driver (`sweeps.driver.run_sweep(..., ray_address=...)`) in a child
-process; nodes 1..N-1 run a Ray worker until the head is gone. The return value (node 0) is the
-sweep's summary: counts of run records by status.
+Node 0 starts the Ray head, waits for every node, prints the Ray cluster's nodes (address,
+CPUs, GPUs) and the ssh tunnel command of the dashboard, and runs the Tune driver
+(`sweeps.driver.run_sweep(..., ray_address=...)`) in a child process; nodes 1..N-1 run a Ray
+worker until the head is gone. The return value (node 0) is the sweep's summary: counts of run
+records by status.
 
 Preemption and time limits. SLURM sends USR2 (`scancel --signal=USR2`, or `signal_delay_s`
 before the time limit). submitit's handler in this process calls `checkpoint()`, which
@@ -62,7 +63,12 @@ class SweepJob(Checkpointable):
         self._head = RayNode.head(allocation, log_dir, env)
         finished = False
         try:
-            self._head.wait_for_nodes(allocation.num_nodes)
+            nodes = self._head.wait_for_nodes(allocation.num_nodes)
+            print(
+                f"Ray cluster: {len(nodes)} nodes: "
+                + ", ".join(f"{n['ip']} ({n['cpus']:g} CPUs, {n['gpus']:g} GPUs)" for n in nodes),
+                flush=True,
+            )
             print(
                 "Ray dashboard: on your machine run\n"
                 f"    {allocation.tunnel_command(getpass.getuser())}\n"

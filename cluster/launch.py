@@ -56,6 +56,9 @@ def submit_sweep(
 ) -> submitit.Job | str:
     """Submit (or, with `dry_run`, return the sbatch script of) the sweep job of `study`.
 
+    Returns the job's first task (node 0, the head): `result()` waits for the sweep's summary,
+    `paths.stdout` is the head's log; `job_id` and `cancel()` are the whole job's.
+
     `overrides` replace fields of the profile (see `cluster.profiles.Profile`), e.g.
     `time_min=240`. The study, scale and every key of its space are checked before anything is
     submitted. Submitting again after the job ended (or failed) finishes the same sweep.
@@ -82,4 +85,7 @@ def submit_sweep(
         )
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=resources.max_timeouts)
     executor.update_parameters(**params)
-    return executor.submit(SweepJob(), study, scale, str(sweep_dir))
+    job = executor.submit(SweepJob(), study, scale, str(sweep_dir))
+    # A job of N nodes is N tasks to submitit, whose `result()` refuses a job of several tasks;
+    # the other nodes' tasks only run Ray workers and return None.
+    return job.task(0)

@@ -2,7 +2,7 @@
 
     get_profile("a100")                        # the A100 nodes the paper's grid runs on
     get_profile("a100", time_min=240, qos="short")
-    get_profile("local")                       # the single-node SLURM of tests/cluster
+    get_profile("local")                       # the localhost SLURM of tests/cluster
 
 A sweep job is one SLURM job of `nodes` nodes with one task per node: the task on the first node
 runs the Ray head and the Tune driver, the others run Ray workers, and each node's Ray offers

@@ -5,15 +5,16 @@ granted, and:
 
     env = ray_environment(token_file)
     head = RayNode.head(allocation, log_dir, env)  # node 0: `ray start --head --block ...`
-    head.wait_for_nodes(allocation.num_nodes)       # every worker has joined
+    head.wait_for_nodes(allocation.num_nodes)       # every worker has joined: [{ip, cpus, gpus}]
     ...                                             # the Tune driver connects to head.address
     head.stop(remove_temp_dir=True)                 # SIGTERM to its PID, then its process group
 
     run_worker(allocation, log_dir, env)            # nodes 1..N-1: join; return when head is gone
 
 Ports come from the SLURM job id (`ray_ports`), so that two sweep jobs sharing a node do not
-collide; the temp dir is short and fresh for every run of the job (`/tmp/ray-<job>-<restart>`:
-Unix socket paths inside it are limited to 107 bytes, and a head killed without `ray stop` leaves
+collide (nor two nodes of one job on one machine: `Allocation.host_slot`); the temp dir is short
+and fresh for every run of the job and every node of it (`/tmp/ray-<job>-<restart>-<node>`: Unix
+socket paths inside it are limited to 107 bytes, and a head killed without `ray stop` leaves
 state behind that breaks the next head with the same temp dir). Ray gets the CPUs, GPUs and
 memory of the allocation, never what it would detect on the (shared) node. Processes are
 stopped by PID: `ray stop` kills every Ray process on the node, other users' included.
@@ -21,6 +22,7 @@ stopped by PID: `ray stop` kills every Ray process on the node, other users' inc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -33,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PORT_BASE = 20000  # ports PORT_BASE .. PORT_BASE + 9999, below Linux's ephemeral range
-PORT_SLOTS = 1000  # jobs whose ids differ by a multiple of this share ports: not on one node
-PORT_NAMES = (
-    "gcs",
-    "dashboard",
-    "client_server",
+PORT_SLOTS = 500  # jobs whose ids differ by a multiple of this share ports: not on one node
+PORTS_PER_JOB = 20
+HEAD_PORTS = ("gcs", "dashboard", "client_server")  # of the head's cluster-wide services
+NODE_PORTS = (  # of the Ray processes of each node
     "node_manager",
     "object_manager",
     "metrics_export",
@@ -45,13 +46,41 @@ PORT_NAMES = (
     "dashboard_agent_listen",
     "runtime_env_agent",
 )
+# Nodes of one job on one machine (never on a real cluster, where SLURM gives each node of a
+# job its own host; a test cluster of several slurmd on one host does).
+MAX_NODES_PER_HOST = (PORTS_PER_JOB - len(HEAD_PORTS)) // len(NODE_PORTS)
 OBJECT_STORE_SHARE = 0.3  # of the allocation's memory
+HEAD_WAIT_S = 300  # a worker waits this long for the head to come up
+HEAD_POLL_S = 2  # a worker checks the head this often, and leaves after 3 misses in a row
+# The alive nodes of a Ray cluster, head first, as JSON: run in a child process, so that no Ray
+# client of the job process outlives the cluster.
+_LIST_ALIVE_NODES = """
+import json, sys
+import ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+head_first = sorted(ray.nodes(), key=lambda n: "node:__internal_head__" not in n["Resources"])
+print(json.dumps([
+    {"ip": n["NodeManagerAddress"], "cpus": n["Resources"].get("CPU", 0),
+     "gpus": n["Resources"].get("GPU", 0)}
+    for n in head_first if n["Alive"]
+]))
+"""
 
 
-def ray_ports(job_id: str) -> dict[str, int]:
-    """The ports of the Ray processes of SLURM job `job_id`, ten consecutive ones per job."""
-    first = PORT_BASE + (int(job_id) % PORT_SLOTS) * 10
-    return {name: first + i for i, name in enumerate(PORT_NAMES)}
+def ray_ports(job_id: str, host_slot: int = 0) -> dict[str, int]:
+    """The ports of the Ray processes of SLURM job `job_id`: its head's, and those of the job's
+    `host_slot`-th node on one machine (0 unless several of the job's nodes share a machine)."""
+    if not 0 <= host_slot < MAX_NODES_PER_HOST:
+        raise ValueError(
+            f"job {job_id}: {host_slot + 1} of its nodes on one machine; at most "
+            f"{MAX_NODES_PER_HOST} fit the job's {PORTS_PER_JOB} ports"
+        )
+    first = PORT_BASE + (int(job_id) % PORT_SLOTS) * PORTS_PER_JOB
+    node_first = first + len(HEAD_PORTS) + host_slot * len(NODE_PORTS)
+    return {
+        **{name: first + i for i, name in enumerate(HEAD_PORTS)},
+        **{name: node_first + i for i, name in enumerate(NODE_PORTS)},
+    }
 
 
 @dataclass(frozen=True)
@@ -105,8 +134,16 @@ class Allocation:
         return socket.gethostbyname(self.hostnames[self.node_rank])
 
     @property
+    def host_slot(self) -> int:
+        """How many of the job's lower-ranked nodes are on this machine (their addresses are
+        this machine's own): 0 on a real cluster."""
+        return sum(
+            _is_own_address(socket.gethostbyname(h)) for h in self.hostnames[: self.node_rank]
+        )
+
+    @property
     def ports(self) -> dict[str, int]:
-        return ray_ports(self.job_id)
+        return ray_ports(self.job_id, self.host_slot)
 
     @property
     def head_address(self) -> str:
@@ -114,7 +151,8 @@ class Allocation:
 
     @property
     def temp_dir(self) -> Path:
-        return Path("/tmp") / f"ray-{self.job_id}-{self.restart}"
+        """Short, and fresh for every run of the job and every node of it."""
+        return Path("/tmp") / f"ray-{self.job_id}-{self.restart}-{self.node_rank}"
 
     def tunnel_command(self, user: str, local_port: int = 8265) -> str:
         """The ssh command that forwards the head's dashboard to `local_port` on a laptop."""
@@ -134,6 +172,9 @@ def ray_environment(token_file: Path) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
+        # Ray drains a node on SIGTERM (up to 30 s) for Ray Serve's sake; a sweep has nothing to
+        # drain, and a worker whose head is gone would wait out the whole timeout.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
     }
 
 
@@ -201,31 +242,32 @@ class RayNode:
             f"Ray logs in {self.temp_dir}/session_latest/logs"
         )
 
-    def wait_for_nodes(self, count: int, timeout_s: float = 300) -> None:
-        """Block until `count` Ray nodes are alive in this head's cluster."""
+    def wait_for_nodes(self, count: int, timeout_s: float = 300) -> list[dict]:
+        """Block until `count` Ray nodes are alive in this head's cluster; returns them
+        (`ip`, `cpus`, `gpus`: what each node offers Ray), head first."""
         host, port = self.address.rsplit(":", 1)
-        count_alive = (
-            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(n['Alive'] for n in ray.nodes()))"
-        )
         deadline = time.monotonic() + timeout_s
-        alive = 0
+        alive: list[dict] = []
         while time.monotonic() < deadline:
             if not self.alive:
                 raise self.failure(f"exited with {self.process.returncode} while starting")
             if _port_open(host, int(port)):
                 out = subprocess.run(
-                    [sys.executable, "-c", count_alive, self.address],
+                    [sys.executable, "-c", _LIST_ALIVE_NODES, self.address],
                     capture_output=True,
                     text=True,
                     env=self.env,
                     timeout=120,
                 )
-                alive = int(out.stdout.split()[-1]) if out.returncode == 0 else 0
-                if alive >= count:
-                    return
+                alive = json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else []
+                if len(alive) >= count:
+                    return alive
             time.sleep(1)
-        raise self.failure(f"{alive} of {count} nodes alive after {timeout_s:.0f} s")
+        workers = self.log_path.name.replace("_ray_head.log", "_ray_worker<node>.log")
+        raise self.failure(
+            f"{len(alive)} of {count} nodes alive after {timeout_s:.0f} s (the other nodes' "
+            f"logs: {self.log_path.parent / workers})"
+        )
 
     def stop(self, remove_temp_dir: bool, timeout_s: float = 30) -> None:
         """SIGTERM to the `ray start` process (it stops the Ray processes it started), then
@@ -273,6 +315,16 @@ def _ray_start(allocation: Allocation, ip: str) -> list[str]:
     return cmd
 
 
+def _is_own_address(ip: str) -> bool:
+    """Whether `ip` is an address of this machine (it can bind to it)."""
+    with socket.socket() as s:
+        try:
+            s.bind((ip, 0))
+        except OSError:
+            return False
+    return True
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=2):
@@ -284,19 +336,19 @@ def _port_open(host: str, port: int) -> bool:
 def run_worker(allocation: Allocation, log_dir: Path, env: dict[str, str]) -> None:
     """On nodes 1..N-1: wait for the head, join it, and leave once the head is gone."""
     host, port = allocation.head_ip, allocation.ports["gcs"]
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HEAD_WAIT_S
     while not _port_open(host, port):
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"the Ray head {host}:{port} did not come up within 300 s; see the head's log "
-                f"{log_dir}/{allocation.job_id}_{allocation.restart}_ray_head.log"
+                f"the Ray head {host}:{port} did not come up within {HEAD_WAIT_S} s; see the "
+                f"head's log {log_dir}/{allocation.job_id}_{allocation.restart}_ray_head.log"
             )
-        time.sleep(2)
+        time.sleep(HEAD_POLL_S)
     node = RayNode.worker(allocation, log_dir, env)
     misses = 0
     while node.alive and misses < 3:  # the head stops at the end of the sweep
         misses = 0 if _port_open(host, port) else misses + 1
-        time.sleep(5)
+        time.sleep(HEAD_POLL_S)
     head_gone = not _port_open(host, port)
     node.stop(remove_temp_dir=head_gone)
     if not head_gone:

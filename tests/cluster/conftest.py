@@ -1,4 +1,4 @@
-"""The `slurm` fixture: a real single-node SLURM with accounting on localhost (slurm_local.py)."""
+"""The `slurm` fixture: a real 2-node SLURM with accounting on localhost (slurm_local.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def slurm() -> Iterator[LocalSlurm]:
         pytest.skip(f"no local SLURM: {why}")
     # Short and under /tmp: socket paths live in it, and munged must reach it.
     root = Path(tempfile.mkdtemp(prefix="lopslurm-", dir="/tmp"))
-    cluster = start_local_slurm(root)
+    cluster = start_local_slurm(root, nodes=2)  # one-node jobs run on either node
     previous = os.environ.get("SLURM_CONF")
     os.environ.update(cluster.env)
     try:

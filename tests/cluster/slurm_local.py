@@ -1,9 +1,15 @@
-"""A real single-node SLURM cluster with accounting on localhost, for the tests of `cluster/`.
+"""A real SLURM cluster with accounting on localhost, for the tests of `cluster/`.
 
-    cluster = start_local_slurm(Path("/tmp/lop-slurm-xyz"))   # munged, MariaDB, slurmdbd, ...
+    cluster = start_local_slurm(Path("/tmp/lop-slurm-xyz"), nodes=2)   # munged, MariaDB, ...
     os.environ.update(cluster.env)                              # SLURM_CONF for sbatch, sacct, ...
     ...
     cluster.stop()
+
+Its nodes are named 127.0.0.1, 127.0.0.2, ...: one slurmd each (`slurmd -N <node>`, with its own
+port, spool, pid and log file), all on this machine and all reached by SLURM at 127.0.0.1. A
+job's code resolves its node names to distinct loopback addresses, as it would resolve a real
+cluster's hosts, so that Ray sees one node address per SLURM node. Every node declares all of
+this machine's CPUs and memory: a job asks for its share, and one-node jobs see the whole machine.
 
 Everything lives in one private directory: a fresh munge key and socket, a MariaDB data directory
 bound to 127.0.0.1 on a free port, slurm.conf/slurmdbd.conf with free ports, and every state,
@@ -12,9 +18,9 @@ SLURM or with a second copy of itself. Every daemon runs in the foreground as a 
 process and is stopped by its PID, never by name.
 
 Order (see shared/reference/infra_notes.md): munged -> MariaDB -> slurmdbd (then `sacctmgr add
-cluster`) -> slurmctld -> slurmd -> `sinfo` shows the node idle. Accounting is not optional:
-without slurmdbd, `sacct` is disabled, submitit sees every job as UNKNOWN and a job that dies
-without a result makes `job.result()` wait forever.
+cluster`) -> slurmctld -> one slurmd per node -> `sinfo` shows every node idle. Accounting is not
+optional: without slurmdbd, `sacct` is disabled, submitit sees every job as UNKNOWN and a job
+that dies without a result makes `job.result()` wait forever.
 """
 
 from __future__ import annotations
@@ -79,8 +85,9 @@ class LocalSlurm:
 
     root: Path
     env: dict[str, str]
+    nodes: tuple[str, ...] = ("127.0.0.1",)
+    cpus: int = 1  # of each node (all of this machine's)
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
-    cpus: int = 1
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         """A SLURM client command (sinfo, squeue, scancel, ...) against this cluster."""
@@ -119,8 +126,8 @@ class LocalSlurm:
         self.daemons.clear()
 
 
-def start_local_slurm(root: Path, timeout_s: float = 120) -> LocalSlurm:
-    """Start munged, MariaDB, slurmdbd, slurmctld and slurmd with everything under `root`.
+def start_local_slurm(root: Path, nodes: int = 1, timeout_s: float = 120) -> LocalSlurm:
+    """Start munged, MariaDB, slurmdbd, slurmctld and `nodes` slurmd with everything under `root`.
 
     `root` should be short (munge's and MariaDB's socket paths live in it) and is made traversable
     by the munge user. On failure every daemon started so far is stopped and the error carries
@@ -132,11 +139,17 @@ def start_local_slurm(root: Path, timeout_s: float = 120) -> LocalSlurm:
     for sub in ("log", "state", "spool", "run", "db"):
         (root / sub).mkdir(exist_ok=True)
     conf = root / "slurm.conf"
-    cluster = LocalSlurm(root=root, env={"SLURM_CONF": str(conf)}, cpus=os.cpu_count() or 1)
+    cluster = LocalSlurm(
+        root=root,
+        env={"SLURM_CONF": str(conf)},
+        nodes=tuple(f"127.0.0.{i}" for i in range(1, nodes + 1)),
+        cpus=os.cpu_count() or 1,
+    )
     try:
         munge_socket = _start_munge(cluster)
         db_port, db_password = _start_mariadb(cluster)
-        ctld_port, slurmd_port, dbd_port = _free_port(), _free_port(), _free_port()
+        ctld_port, dbd_port = _free_port(), _free_port()
+        slurmd_ports = [_free_port() for _ in cluster.nodes]
         auth = f"AuthType=auth/munge\nAuthInfo=socket={munge_socket},cred_expire=10\n"
         dbd_conf = root / "slurmdbd.conf"
         dbd_conf.write_text(
@@ -149,16 +162,22 @@ def start_local_slurm(root: Path, timeout_s: float = 120) -> LocalSlurm:
         )
         dbd_conf.chmod(0o600)
         memory_mb = int(_meminfo_kb("MemTotal") / 1024 * 0.9)
+        node_lines = "".join(
+            f"NodeName={name} NodeAddr=127.0.0.1 Port={port} "
+            f"CPUs={cluster.cpus} RealMemory={memory_mb} State=UNKNOWN\n"
+            for name, port in zip(cluster.nodes, slurmd_ports)
+        )
         conf.write_text(
             f"ClusterName={CLUSTER_NAME}\nSlurmctldHost=localhost(127.0.0.1)\n"
             # Job ids name Ray's temp dirs and pick its ports: two local clusters on one machine
             # (two test sessions) must not both start at job 1.
             f"FirstJobId={secrets.randbelow(9_000_000) + 1000}\n"
-            f"SlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\n"
+            f"SlurmctldPort={ctld_port}\n"
             "SlurmUser=root\nSlurmdUser=root\n" + auth + "CredType=cred/munge\n"
-            f"StateSaveLocation={root}/state\nSlurmdSpoolDir={root}/spool\n"
-            f"SlurmctldPidFile={root}/run/slurmctld.pid\nSlurmdPidFile={root}/run/slurmd.pid\n"
-            f"SlurmctldLogFile={root}/log/slurmctld.log\nSlurmdLogFile={root}/log/slurmd.log\n"
+            # One spool, pid and log file per slurmd (%n: its node name).
+            f"StateSaveLocation={root}/state\nSlurmdSpoolDir={root}/spool/%n\n"
+            f"SlurmctldPidFile={root}/run/slurmctld.pid\nSlurmdPidFile={root}/run/slurmd-%n.pid\n"
+            f"SlurmctldLogFile={root}/log/slurmctld.log\nSlurmdLogFile={root}/log/slurmd-%n.log\n"
             "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
             "AccountingStorageType=accounting_storage/slurmdbd\n"
             f"AccountingStorageHost=localhost\nAccountingStoragePort={dbd_port}\n"
@@ -168,9 +187,9 @@ def start_local_slurm(root: Path, timeout_s: float = 120) -> LocalSlurm:
             "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n"
             "ReturnToService=2\nMpiDefault=none\nSwitchType=switch/none\nKillWait=5\n"
             "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny\n"  # bind 127.0.0.1 only
-            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cluster.cpus} "
-            f"RealMemory={memory_mb} State=UNKNOWN\n"
-            f"PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP\n"
+            + node_lines
+            + f"PartitionName={PARTITION} Nodes={','.join(cluster.nodes)} Default=YES "
+            "MaxTime=INFINITE State=UP\n"
         )
         deadline = time.monotonic() + timeout_s
         _spawn(cluster, "slurmdbd", ["slurmdbd", "-D"])
@@ -182,16 +201,18 @@ def start_local_slurm(root: Path, timeout_s: float = 120) -> LocalSlurm:
         )
         cluster.run("sacctmgr", "-i", "add", "cluster", CLUSTER_NAME)
         _spawn(cluster, "slurmctld", ["slurmctld", "-D", "-i"])
-        _spawn(cluster, "slurmd", ["slurmd", "-D", "-N", "localhost"])
-        _wait(cluster, "sinfo idle", deadline, lambda: _node_state(cluster) == "idle")
+        for name in cluster.nodes:
+            (root / "spool" / name).mkdir(exist_ok=True)
+            _spawn(cluster, f"slurmd-{name}", ["slurmd", "-D", "-N", name])
+        _wait(cluster, "sinfo idle", deadline, lambda: _node_states(cluster) == ["idle"] * nodes)
     except BaseException:
         cluster.stop()
         raise
     return cluster
 
 
-def _node_state(cluster: LocalSlurm) -> str:
-    return cluster.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip()
+def _node_states(cluster: LocalSlurm) -> list[str]:
+    return cluster.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()
 
 
 def _meminfo_kb(key: str) -> int:

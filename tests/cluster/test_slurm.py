@@ -1,6 +1,6 @@
-"""Against the real single-node SLURM of conftest.py: plain submitit jobs; a smoke sweep
+"""Against the real 2-node SLURM of conftest.py: plain submitit jobs; a one-node smoke sweep
 through submitit and Ray that is preempted (USR2), requeued, and finishes without running any
-finished trial again; a sweep job whose driver fails."""
+finished trial again; a sweep job whose driver fails; a smoke sweep on two nodes."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_smoke_sweep_is_preempted_requeued_and_finishes_without_rerunning(
     log = _job_log(job)
     assert "this job is preempted" in log and f"Requeued job {job.job_id}" in log
     assert f"sweep job {job.job_id} (run 1)" in log, "the job did not run again after requeue"
-    assert "ssh -N -L 8265:127.0.0.1:" in log and "ray_auth_token" in log
+    assert re.search(r"ssh -N -L 8265:127\.0\.0\.\d+:\d+ ", log) and "ray_auth_token" in log
     assert summary == {
         "study": "bitflip",
         "scale": "smoke",
@@ -123,7 +123,75 @@ def test_failed_sweep_job_names_its_logs_and_keeps_ray_logs(slurm: LocalSlurm, t
     assert "the sweep driver exited with 1" in message
     assert str(job.paths.stderr) in message and f"{job.job_id}_0_ray_head.log" in message
     assert "holds the sweep continual" in Path(job.paths.stderr).read_text()
-    temp_dir = Path(f"/tmp/ray-{job.job_id}-0")
+    temp_dir = Path(f"/tmp/ray-{job.job_id}-0-0")
     assert (temp_dir / "session_latest" / "logs").is_dir(), "Ray's logs of a failed run are kept"
     assert not ray_processes(temp_dir), "Ray processes outlived the job"
     shutil.rmtree(temp_dir)
+
+
+def _wait_until_gone(slurm: LocalSlurm, job_id: str, timeout_s: float = 120) -> str:
+    """Wait until every task of the job has ended; its final state from accounting."""
+    deadline = time.monotonic() + timeout_s
+    while slurm.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job_id} still in the queue"
+        time.sleep(1)
+    return slurm.run("sacct", "-j", job_id, "-X", "-n", "-o", "State").stdout.strip()
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_two_nodes_uses_both_and_resumes_on_both_after_requeue(
+    slurm: LocalSlurm, tmp_path
+):
+    sweep_dir = tmp_path / "bitflip-2nodes"
+    # One CPU per node and per trial: the two trials that run at once are on different nodes.
+    job = submit_sweep("bitflip", "smoke", sweep_dir, profile="local", nodes=2, cpus_per_task=1)
+    deadline = time.monotonic() + 240
+    while not (finished := _tune_completed(job)):
+        assert job.state in ("PENDING", "RUNNING", "UNKNOWN"), _job_log(job)[-3000:]
+        assert time.monotonic() < deadline, f"no trial finished in time\n{_job_log(job)[-3000:]}"
+        time.sleep(0.2)
+    slurm.run("scancel", "--signal=USR2", job.job_id)  # reaches both nodes' tasks
+    assert len(finished) < 4, "the sweep finished before it could be preempted"
+    deadline = time.monotonic() + 300
+    while not job.done():  # through the requeue and the second run
+        assert time.monotonic() < deadline, f"the sweep did not finish\n{_job_log(job)[-3000:]}"
+        time.sleep(1)
+    summary = job.result()
+    log = _job_log(job)
+    assert summary == {
+        "study": "bitflip",
+        "scale": "smoke",
+        "planned": 4,
+        "started": 4,
+        "completed": 4,
+    }, log[-3000:]
+    assert f"Requeued job {job.job_id}" in log and f"sweep job {job.job_id} (run 1)" in log
+
+    # Both runs had a Ray cluster of two nodes of one CPU each, with distinct addresses (Ray
+    # replaces the head's 127.0.0.1 by this machine's own address; the worker keeps 127.0.0.2).
+    clusters = re.findall(r"Ray cluster: 2 nodes: (\S+) \(1 CPUs, 0 GPUs\), (\S+) \(1 CPUs", log)
+    assert len(clusters) == 2, log[-3000:]
+    head_ip, worker_ip = clusters[0]
+    assert clusters[1] == clusters[0] and worker_ip == slurm.nodes[1] != head_ip
+    last_results = [
+        json.loads(p.read_text().splitlines()[-1]) for p in sweep_dir.glob("tune/*/result.json")
+    ]
+    assert len(last_results) == 4
+    assert {r["node_ip"] for r in last_results} == {head_ip, worker_ip}, "trials on one node"
+
+    # Every run record is complete: 4 trials x 3 seeds, each member to its last step, once; the
+    # trials finished before the preemption were not run again.
+    assert all(log.count(f"Trial run_trial_{run} started") == 1 for run in finished)
+    members = sorted(sweep_dir.glob("runs/*/members/*"))
+    assert len(members) == 12
+    assert set(_statuses(sweep_dir).values()) == {"completed"}
+    for member in members:
+        assert json.loads((member / "status.json").read_text())["status"] == "completed"
+        rows = pd.concat([pd.read_parquet(p) for p in member.glob("metrics/*.parquet")])
+        assert rows["step"].max() == 20_000, member
+        assert not rows.duplicated(KEY).any(), member
+
+    # The worker leaves once the head is gone; then the job ends, with nothing left behind.
+    assert _wait_until_gone(slurm, job.job_id) == "COMPLETED", _job_log(job)[-3000:]
+    assert not ray_processes(f"/tmp/ray-{job.job_id}-"), "Ray processes outlived the job"
+    assert not list(Path("/tmp").glob(f"ray-{job.job_id}-*")), "a Ray temp dir was left behind"
