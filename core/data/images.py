@@ -1,8 +1,10 @@
 """Image datasets as uint8 tensors: CIFAR-10, CIFAR-100, MNIST, Tiny ImageNet and `synthetic`.
 
 Files live under the data root: the `root` argument, else `$LOP_DATA`, else `./data`. A dataset
-missing there is downloaded when `download` is true (through torchvision); when it is missing and
-cannot be fetched, `load_images` raises FileNotFoundError saying which files to put where.
+missing there is downloaded when `download` is true (CIFAR and MNIST through torchvision, Tiny
+ImageNet by `core.data.tiny_imagenet.fetch`, from `$LOP_TINY_IMAGENET_URL` when set); when it is
+missing and cannot be fetched, `load_images` raises FileNotFoundError saying which files to put
+where.
 
 | name            | files under the data root                                   | train / test   |
 |-----------------|-------------------------------------------------------------|----------------|

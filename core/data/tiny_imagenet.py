@@ -9,15 +9,21 @@ val/images/*.JPEG                  10,000 images ...
 val/val_annotations.txt            ... labelled by lines "<file>\t<wnid>\t<x0>\t<y0>\t<x1>\t<y1>"
 ```
 
-`prepare` moves every val image to `val/<wnid>/<file>` (the ImageFolder layout the reference code
-uses; resumable if interrupted), decodes all images once, and caches them as uint8 tensors in
-`uint8_cache.pt`. Classes are indexed in sorted wnid order, as ImageFolder does, so train and val
-labels agree. The official val set is the evaluation split; the unlabelled test set is unused.
+`fetch` downloads the zip (from `$LOP_TINY_IMAGENET_URL` when set, else the official URL), checks
+its MD5 (`$LOP_TINY_IMAGENET_MD5`, else the official zip's) and extracts it. `prepare` moves every
+val image to `val/<wnid>/<file>` (the ImageFolder layout the reference code uses; resumable if
+interrupted), decodes all images once, and caches them as uint8 tensors in `uint8_cache.pt`.
+Classes are indexed in sorted wnid order, as ImageFolder does, so train and val labels agree. The
+official val set is the evaluation split; the unlabelled test set is unused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,9 @@ import torch
 from PIL import Image
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the official zip (248,100,043 bytes)
+URL_VARIABLE = "LOP_TINY_IMAGENET_URL"  # a mirror of the zip (default: URL)
+MD5_VARIABLE = "LOP_TINY_IMAGENET_MD5"  # the mirror's MD5 (default: MD5)
 FOLDER = "tiny-imagenet-200"
 CACHE = "uint8_cache.pt"
 
@@ -33,8 +42,45 @@ def missing_message(root: Path, detail: str) -> str:
     return (
         f"Tiny ImageNet not usable under {root / FOLDER}: {detail}. Download {URL}, unzip it into "
         f"{root} (giving {root / FOLDER}/wnids.txt, train/, val/), or point LOP_DATA at the folder "
-        "that holds tiny-imagenet-200; with network access, download=true fetches it."
+        "that holds tiny-imagenet-200; with network access, download=true fetches it (from "
+        f"${URL_VARIABLE} when set)."
     )
+
+
+def fetch(root: Path, url: str | None = None, md5: str | None = None) -> None:
+    """Fetch the zip, check its MD5 and extract it as `<root>/tiny-imagenet-200/`.
+
+    `url` defaults to `$LOP_TINY_IMAGENET_URL`, else the official URL; `md5` to
+    `$LOP_TINY_IMAGENET_MD5`, else the official zip's. The zip is streamed to
+    `<root>/tiny-imagenet-200.zip.part` and extracted into `<root>/tiny-imagenet-200.part/`; the
+    folder takes its name only once complete, and the partial files are removed whatever happens.
+    No network, an HTTP error, a wrong checksum or a zip without `tiny-imagenet-200/` raise
+    FileNotFoundError saying where to put the files instead.
+    """
+    url = url or os.environ.get(URL_VARIABLE) or URL
+    md5 = (md5 or os.environ.get(MD5_VARIABLE) or MD5).lower()
+    root.mkdir(parents=True, exist_ok=True)
+    partial_zip = root / f"{FOLDER}.zip.part"
+    staging = root / f"{FOLDER}.part"
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial_zip, "wb") as out:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != md5:
+            raise ValueError(f"its MD5 is {digest.hexdigest()}, expected {md5}")
+        shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted extraction
+        with zipfile.ZipFile(partial_zip) as archive:
+            archive.extractall(staging)
+        if not (staging / FOLDER).is_dir():
+            raise ValueError(f"the zip holds no {FOLDER}/ folder")
+        os.replace(staging / FOLDER, root / FOLDER)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:  # URLError is an OSError
+        raise FileNotFoundError(missing_message(root, f"download of {url} failed: {err}")) from err
+    finally:
+        partial_zip.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def restructure_val(folder: Path) -> None:
@@ -91,7 +137,7 @@ def _check_layout(root: Path, folder: Path) -> list[str]:
 def prepare(root: Path, download: bool) -> dict[str, torch.Tensor | list[str]]:
     """The cached dataset: {"classes", "train_x", "train_y", "test_x", "test_y"} (uint8 images).
 
-    Builds the cache on first use (download if allowed and missing, check, restructure val,
+    Builds the cache on first use (`fetch` if allowed and missing, check, restructure val,
     decode); later calls only load it.
     """
     folder = root / FOLDER
@@ -101,12 +147,7 @@ def prepare(root: Path, download: bool) -> dict[str, torch.Tensor | list[str]]:
     if not folder.is_dir():
         if not download:
             raise FileNotFoundError(missing_message(root, "the folder does not exist"))
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        try:
-            download_and_extract_archive(URL, download_root=str(root), remove_finished=True)
-        except Exception as err:  # no network, proxy, full disk: say what to do instead
-            raise FileNotFoundError(missing_message(root, f"download failed ({err})")) from err
+        fetch(root)
     wnids = _check_layout(root, folder)
     restructure_val(folder)
     data: dict[str, torch.Tensor | list[str]] = {"classes": wnids}

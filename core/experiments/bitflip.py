@@ -51,6 +51,7 @@ from core.experiments.bitflip_ensemble import (
     Member,
     member_seed,
 )
+from core.experiments.training import run_recorded
 from core.metrics import Probe, ProbeSpec
 from core.optim import ROUNDINGS, UTIL_TYPES
 from core.records import RunRecord, load_metrics
@@ -271,13 +272,7 @@ def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict[str, Any]:
     A trial whose record is already `completed` or `diverged` is not run again: its summary is
     returned. An exception marks the trial `failed` (with the error) and propagates.
     """
-    if sink.status in ("completed", "diverged"):
-        return sink.status_info["summary"]
-    try:
-        return _run(cfg, sink, progress)
-    except Exception as err:
-        sink.set_status("failed", f"{type(err).__name__}: {err}")
-        raise
+    return run_recorded(_run, cfg, sink, progress)
 
 
 def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict[str, Any]:

@@ -36,78 +36,61 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
 from core.cloning import cloning_score, compare, expand, manifold_distance, param_groups
-from core.data import BatchOrder, SyntheticSpec, load_images, stratified_indices
+from core.data import BatchOrder, stratified_indices
 from core.experiments import cli
 from core.experiments.training import (
-    Dataset,
-    ModelSpec,
     OptimizerSpec,
     RunningStats,
+    TrainingConfig,
     build_optimizer,
     evaluate,
     make_probe,
     masked_loss,
     model_config,
+    open_run,
     random_state,
-    resolve_device,
+    run_recorded,
+    seeded_generators,
     set_random_state,
 )
-from core.metrics import ProbeSpec
 from core.models import ModelConfig, build_model
 from core.records import RunRecord
 
 
 @dataclass(frozen=True)
-class Config:
-    """A cloning run; every field is a `key=value` override."""
+class Config(TrainingConfig):
+    """A cloning run; every field is a `key=value` override.
 
-    dataset: Dataset = "cifar10"  # the image dataset (docs/data.md)
-    data_root: str | None = None  # folder holding the datasets (None: $LOP_DATA, else ./data)
-    download: bool = False  # fetch a missing dataset (needs network access)
-    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # dataset=synthetic only
-    augment: bool = True  # the dataset's training augmentation (crop, flip)
-    model: ModelSpec = field(default_factory=ModelSpec)  # base architecture (None: paper default)
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)  # the base's, both phases
+    The shared fields (data, model, batch, probe, checkpoints, seed, device) and their defaults
+    (CIFAR-10, SGD 0.01 with momentum 0.9) are those of `TrainingConfig`: `model` is the base's
+    architecture, `optimizer` the base's (both phases),
+    `probe_every` counts epochs (the clone checks run at the same cadence).
+    """
+
     clone_optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)  # the clone's, fresh
     clone_dropout: float | None = None  # the clone's dropout (None: the base's model.dropout)
     lr_multipliers: bool = False  # clone LR per tensor x core.cloning.lr_multipliers
     factor: int = 2  # width expansion factor
     base_epochs: int = 20  # phase 1: base alone
     clone_epochs: int = 500  # phase 2: base and clone side by side
-    batch_size: int = 128  # training mini-batch
-    log_every: int | None = None  # steps between log points (None: one epoch)
-    probe: ProbeSpec = field(default_factory=ProbeSpec)  # metrics probe options
-    probe_every: int = 5  # epochs between probes and clone checks (also at the phase ends)
-    probe_size: int = 500  # stratified probe batch size (train and test)
-    checkpoint_every: int = 2000  # steps between checkpoints (taken at the next log point)
-    seed: int = 0  # seeds the model, the batch order, augmentation, noise, dropout
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    positive_fields: ClassVar[tuple[str, ...]] = (*TrainingConfig.positive_fields, "clone_epochs")
 
     def __post_init__(self) -> None:
-        positive = ("clone_epochs", "batch_size", "probe_every", "probe_size", "checkpoint_every")
-        small = [k for k in positive if getattr(self, k) < 1]
-        if self.log_every is not None and self.log_every < 1:
-            small.append("log_every")
-        if small:
-            raise ValueError(f"{', '.join(small)} must be >= 1")
+        super().__post_init__()
         if self.factor < 2 or self.base_epochs < 0:
             raise ValueError("factor must be >= 2 and base_epochs >= 0")
 
 
 def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
     """Run (or resume, from `sink`'s last checkpoint) the cloning experiment."""
-    if sink.status in ("completed", "diverged"):
-        return sink.status_info["summary"]
-    try:
-        return _run(cfg, sink, progress)
-    except Exception as err:
-        sink.set_status("failed", f"{type(err).__name__}: {err}")
-        raise
+    return run_recorded(_run, cfg, sink, progress)
 
 
 def _clone_of(base: torch.nn.Module, cfg: Config) -> torch.nn.Module:
@@ -138,17 +121,11 @@ def _clone_checks(base, clone, x, y) -> dict[str, float]:
 
 
 def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
-    device = resolve_device(cfg.device)
-    sink.write_config(cfg, device=str(device))
-    data = load_images(cfg.dataset, cfg.data_root, cfg.download, cfg.synthetic, device)
+    device, data = open_run(cfg, sink)
     base_cfg = model_config(cfg.model, data)
     base = build_model(base_cfg, seed=cfg.seed).to(device)
-    generators = {
-        "order": torch.Generator(device).manual_seed(cfg.seed + 1),
-        "augment": torch.Generator(device).manual_seed(cfg.seed + 2),
-        "noise": torch.Generator(device).manual_seed(cfg.seed + 3),
-        "clone_noise": torch.Generator(device).manual_seed(cfg.seed + 4),
-    }
+    names = ("order", "augment", "noise", "clone_noise")
+    generators = seeded_generators(cfg.seed, device, names)
     base_opt = build_optimizer(cfg.optimizer, base.parameters(), generators["noise"])
     torch.manual_seed(cfg.seed)  # dropout draws from the global RNG, checkpointed below
 

@@ -29,36 +29,30 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from tqdm import tqdm
 
-from core.data import (
-    BatchOrder,
-    SyntheticSpec,
-    indices_of,
-    load_images,
-    stratified_indices,
-    task_classes,
-)
+from core.data import BatchOrder, indices_of, stratified_indices, task_classes
 from core.experiments import cli
 from core.experiments.training import (
     Dataset,
-    ModelSpec,
     OptimizerSpec,
     RunningStats,
+    TrainingConfig,
     build_optimizer,
     class_remap,
     evaluate,
     make_probe,
     masked_loss,
     model_config,
+    open_run,
     random_state,
-    resolve_device,
+    run_recorded,
+    seeded_generators,
     set_random_state,
 )
-from core.metrics import ProbeSpec
 from core.models import build_model
 from core.optim import ContinualBackprop
 from core.records import RunRecord
@@ -76,64 +70,39 @@ class CBPSpec:
 
 
 @dataclass(frozen=True)
-class Config:
-    """A continual-learning run; every field is a `key=value` override."""
+class Config(TrainingConfig):
+    """A continual-learning run; every field is a `key=value` override.
+
+    The shared fields (data, model, batch, probe, checkpoints, seed, device) are those of
+    `TrainingConfig`; `log_every=None` is one epoch of a task, `probe_every` counts `task_unit`s,
+    the probe batches are drawn per task.
+    """
 
     dataset: Dataset = "tiny_imagenet"  # the image dataset (docs/data.md)
-    data_root: str | None = None  # folder holding the datasets (None: $LOP_DATA, else ./data)
-    download: bool = False  # fetch a missing dataset (needs network access)
-    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # dataset=synthetic only
-    augment: bool = True  # the dataset's training augmentation (crop, flip, jitter)
-    model: ModelSpec = field(default_factory=ModelSpec)  # architecture (None: paper default)
     # one optimizer for the whole run
     optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adam", lr=1e-3))
     classes_per_task: int = 5  # classes of each task
     num_tasks: int | None = None  # tasks to run (None: every class once)
     task_length: int = 500  # length of each task, in task_unit
     task_unit: Literal["epochs", "steps"] = "epochs"  # reference code: epochs; paper: steps
-    batch_size: int = 128  # training mini-batch
     reset_head: bool = True  # zero the head's weights and bias at every task start
     reset_head_optimizer: bool = True  # also drop the head's optimizer state (false: reference)
     cbp: CBPSpec = field(default_factory=CBPSpec)  # optional Continual Backprop
-    log_every: int | None = None  # steps between log points (None: one epoch of a task)
-    probe: ProbeSpec = field(default_factory=ProbeSpec)  # metrics probe options
-    probe_every: int = 5  # probe cadence, in task_unit (also at each task start and end)
-    probe_size: int = 500  # stratified probe batch size per task (train and val)
-    checkpoint_every: int = 2000  # steps between checkpoints (taken at the next log point)
-    seed: int = 0  # seeds the class order, the model, the batch order, augmentation, dropout
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
-    def __post_init__(self) -> None:
-        positive = (
-            "task_length",
-            "classes_per_task",
-            "batch_size",
-            "probe_every",
-            "probe_size",
-            "checkpoint_every",
-        )
-        small = [k for k in positive if getattr(self, k) < 1]
-        if self.log_every is not None and self.log_every < 1:
-            small.append("log_every")
-        if small:
-            raise ValueError(f"{', '.join(small)} must be >= 1")
+    positive_fields: ClassVar[tuple[str, ...]] = (
+        *TrainingConfig.positive_fields,
+        "task_length",
+        "classes_per_task",
+    )
 
 
 def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
     """Run (or resume, from `sink`'s last checkpoint) the continual-learning experiment."""
-    if sink.status in ("completed", "diverged"):
-        return sink.status_info["summary"]
-    try:
-        return _run(cfg, sink, progress)
-    except Exception as err:
-        sink.set_status("failed", f"{type(err).__name__}: {err}")
-        raise
+    return run_recorded(_run, cfg, sink, progress)
 
 
 def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
-    device = resolve_device(cfg.device)
-    sink.write_config(cfg, device=str(device))
-    data = load_images(cfg.dataset, cfg.data_root, cfg.download, cfg.synthetic, device)
+    device, data = open_run(cfg, sink)
     tasks = [
         c.to(device)
         for c in task_classes(data.num_classes, cfg.classes_per_task, cfg.seed, cfg.num_tasks)
@@ -141,11 +110,7 @@ def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
     model_cfg = model_config(cfg.model, data)
     model = build_model(model_cfg, seed=cfg.seed).to(device)
     head = list(model.head.parameters())
-    generators = {
-        "order": torch.Generator(device).manual_seed(cfg.seed + 1),
-        "augment": torch.Generator(device).manual_seed(cfg.seed + 2),
-        "noise": torch.Generator(device).manual_seed(cfg.seed + 3),
-    }
+    generators = seeded_generators(cfg.seed, device, ("order", "augment", "noise"))
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), generators["noise"])
     cbp = None
     if cfg.cbp.enabled:
@@ -217,6 +182,7 @@ def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
     sink.set_status("running")
 
     remap = class_remap(tasks[task], data.num_classes)
+    val_x, val_y = data.test_x[val_idx[task]], data.test_y[val_idx[task]]
     stats = RunningStats(device)
     replaced = 0  # CBP replacements since the last log point
     last_checkpoint = step
@@ -241,9 +207,7 @@ def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
             continue
         train, bad_step = stats.read()
         stats.reset()
-        val = evaluate(
-            model, data, data.test_x[val_idx[task]], data.test_y[val_idx[task]], tasks[task]
-        )
+        val = evaluate(model, data, val_x, val_y, tasks[task])
         if bad_step is None and not math.isfinite(val["loss"]):
             bad_step = step  # finite losses, but the last update left non-finite weights
         if bad_step is not None:
@@ -274,6 +238,7 @@ def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
                 task += 1
                 task_probes = begin_task(task, step)
                 remap = class_remap(tasks[task], data.num_classes)
+                val_x, val_y = data.test_x[val_idx[task]], data.test_y[val_idx[task]]
                 order = BatchOrder(train_idx[task], cfg.batch_size, generators["order"])
         if step - last_checkpoint >= cfg.checkpoint_every or step == ends[-1]:
             sink.save_checkpoint(

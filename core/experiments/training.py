@@ -1,21 +1,24 @@
-"""What the two image experiments (continual, cloning) share: the model and optimizer parts of
-their configs, the device, the random state a checkpoint must carry, the (masked) loss, evaluation,
-the metrics probe, and the on-device running loss/accuracy with its non-finite watch."""
+"""What the two image experiments (continual, cloning) share: the config fields common to both
+(`TrainingConfig`, which each experiment's `Config` extends), the run's start (device, config.json,
+data, seeded generators) and its status rules, the random state a checkpoint must carry, the
+(masked) loss, evaluation, the metrics probe, and the on-device running loss/accuracy with its
+non-finite watch."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data import DATASETS, ImageData
+from core.data import DATASETS, ImageData, SyntheticSpec, load_images
 from core.metrics import Probe, ProbeSpec
 from core.models import ModelConfig
+from core.records import RunRecord
 
 Dataset = Literal[DATASETS]  # the dataset names core.data knows
 
@@ -52,6 +55,78 @@ class OptimizerSpec:
     weight_decay: float = 0.0  # L2 penalty added to the gradient
     sigma0: float = 0.01  # noisy_sgd: noise std relative to each tensor's gradient norm at step 0
     decay: float = 0.99  # noisy_sgd: sigma_t = sigma0 * decay**t, t counting optimizer steps
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The `key=value` fields both image experiments share (docs/experiments.md).
+
+    Each experiment's `Config` extends it with its own fields (continual learning also sets its
+    own `dataset` and `optimizer` defaults); the keys are the same flat names in both.
+    """
+
+    dataset: Dataset = "cifar10"  # the image dataset (docs/data.md)
+    data_root: str | None = None  # folder holding the datasets (None: $LOP_DATA, else ./data)
+    download: bool = False  # fetch a missing dataset (needs network access)
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)  # dataset=synthetic only
+    augment: bool = True  # the dataset's training augmentation (crop, flip; jitter, rotation)
+    model: ModelSpec = field(default_factory=ModelSpec)  # architecture (None: paper default)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)  # the (base) model's
+    batch_size: int = 128  # training mini-batch
+    log_every: int | None = None  # steps between log points (None: one epoch)
+    probe: ProbeSpec = field(default_factory=ProbeSpec)  # metrics probe options
+    probe_every: int = 5  # probe cadence in epochs (continual: in task_unit); also at phase ends
+    probe_size: int = 500  # stratified probe batch size (train and evaluation split)
+    checkpoint_every: int = 2000  # steps between checkpoints (taken at the next log point)
+    seed: int = 0  # seeds the model, class order, batch order, augmentation, noise, dropout
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    # integer fields that must be >= 1 (an experiment's Config adds its own)
+    positive_fields: ClassVar[tuple[str, ...]] = (
+        "batch_size",
+        "probe_every",
+        "probe_size",
+        "checkpoint_every",
+    )
+
+    def __post_init__(self) -> None:
+        small = [k for k in self.positive_fields if getattr(self, k) < 1]
+        if self.log_every is not None and self.log_every < 1:
+            small.append("log_every")
+        if small:
+            raise ValueError(f"{', '.join(small)} must be >= 1")
+
+
+def run_recorded(
+    train: Callable[[Any, RunRecord, bool], dict], cfg: Any, sink: RunRecord, progress: bool
+) -> dict:
+    """`train(cfg, sink, progress)` under the record's status rules.
+
+    A completed or diverged record returns its summary without training; an exception marks the
+    record `failed` with the exception as the reason and propagates.
+    """
+    if sink.status in ("completed", "diverged"):
+        return sink.status_info["summary"]
+    try:
+        return train(cfg, sink, progress)
+    except Exception as err:
+        sink.set_status("failed", f"{type(err).__name__}: {err}")
+        raise
+
+
+def open_run(cfg: TrainingConfig, sink: RunRecord) -> tuple[torch.device, ImageData]:
+    """Resolve the device, write the record's config.json, load the data onto the device."""
+    device = resolve_device(cfg.device)
+    sink.write_config(cfg, device=str(device))
+    data = load_images(cfg.dataset, cfg.data_root, cfg.download, cfg.synthetic, device)
+    return device, data
+
+
+def seeded_generators(
+    seed: int, device: torch.device, names: tuple[str, ...]
+) -> dict[str, torch.Generator]:
+    """One generator on `device` per name, the i-th (from 0) seeded with `seed + i + 1`."""
+    return {name: torch.Generator(device).manual_seed(seed + i + 1) for i, name in enumerate(names)}
 
 
 def build_optimizer(
@@ -195,7 +270,10 @@ def evaluate(
 class RunningStats:
     """Loss and accuracy summed on the device between log points, and the first non-finite step.
 
-    `add` never synchronises with the host; `read` does, once per log point.
+    `add` never synchronises with the host and costs five small device operations; `read` does,
+    once per log point. The first non-finite step is found without a per-step comparison: a sum
+    that has absorbed a non-finite loss stays non-finite (inf and nan propagate through any
+    addition), so counting the steps after which the loss sum is still finite locates it.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -203,9 +281,16 @@ class RunningStats:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct x2
+        def zero(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros((), dtype=dtype, device=self.device)
+
+        self.loss_sum = zero(torch.float64)  # sum of loss x batch size
+        self.correct = zero(torch.int64)  # masked correct predictions
+        self.correct_all = zero(torch.int64)  # unmasked correct predictions
+        self.finite_steps = zero(torch.int64)  # steps after which loss_sum was finite
+        self.first_step: int | None = None  # the step of the first `add` since the reset
+        self.steps = 0
         self.count = 0
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
 
     def add(
         self,
@@ -215,16 +300,25 @@ class RunningStats:
         correct_all: torch.Tensor,
         n: int,
     ) -> None:
-        loss = loss.detach()
-        self.sums += torch.stack([loss.double() * n, correct.double(), correct_all.double()])
+        """Add the step's mean loss over `n` samples and its correct counts; steps are
+        consecutive between resets."""
+        if self.first_step is None:
+            self.first_step = step
+        assert step == self.first_step + self.steps, "RunningStats.add skipped a step"
+        self.loss_sum.add_(loss.detach(), alpha=n)  # float64: exact products, as loss.double() * n
+        self.correct.add_(correct)
+        self.correct_all.add_(correct_all)
+        self.finite_steps.add_(torch.isfinite(self.loss_sum))
+        self.steps += 1
         self.count += n
-        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, step, self.first_bad)
 
     def read(self) -> tuple[dict[str, float], int | None]:
         """({loss, acc, acc_unmasked} means since the last reset, first non-finite step or None)."""
-        loss_sum, correct, correct_all = self.sums.tolist()
-        first_bad = int(self.first_bad)
+        counts = (self.correct, self.correct_all, self.finite_steps)
+        totals = torch.stack([self.loss_sum, *(c.double() for c in counts)]).tolist()
+        loss_sum, correct, correct_all, finite_steps = totals
         n = max(self.count, 1)
         means = {"loss": loss_sum / n, "acc": correct / n, "acc_unmasked": correct_all / n}
-        return means, (first_bad if first_bad >= 0 else None)
+        if finite_steps == self.steps:
+            return means, None
+        return means, self.first_step + int(finite_steps)

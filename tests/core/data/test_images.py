@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import pickle
 import struct
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from core.data import SyntheticSpec, data_root, load_images
-from core.data.tiny_imagenet import CACHE, FOLDER
-
-
-def _write_cifar(folder, name, labels_key, files_and_sizes, num_classes, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    written = {}
-    for file, n in files_and_sizes:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, num_classes, n).tolist()
-        with open(folder / file, "wb") as f:  # the official batches: a dict with bytes keys
-            pickle.dump({b"batch_label": name.encode(), b"data": data, labels_key: labels}, f)
-        written[file] = (data, labels)
-    return written
+from core.data.tiny_imagenet import CACHE
+from tests.core.data.miniatures import write_cifar, write_tiny_imagenet
 
 
 def test_cifar10_is_read_from_its_pickle_batches(tmp_path):
     files = [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 3)]
-    written = _write_cifar(tmp_path / "cifar-10-batches-py", "cifar10", b"labels", files, 10)
+    written = write_cifar(tmp_path / "cifar-10-batches-py", "cifar10", "labels", files, 10)
     data = load_images("cifar10", root=tmp_path)
     assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (20, 3, 32, 32)
     first, labels = written["data_batch_1"]
@@ -42,7 +28,7 @@ def test_cifar10_is_read_from_its_pickle_batches(tmp_path):
 
 def test_cifar100_uses_the_fine_labels(tmp_path):
     files = [("train", 6), ("test", 2)]
-    written = _write_cifar(tmp_path / "cifar-100-python", "cifar100", b"fine_labels", files, 100)
+    written = write_cifar(tmp_path / "cifar-100-python", "cifar100", "fine_labels", files, 100)
     data = load_images("cifar100", root=tmp_path)
     assert data.train_y.tolist() == written["train"][1]
 
@@ -63,33 +49,9 @@ def test_mnist_is_read_from_its_idx_files(tmp_path):
     assert torch.equal(data.train_x[:, 0], torch.from_numpy(images))
 
 
-def _write_tiny_imagenet(root, wnids, train_per_class=3, val_per_class=2):
-    folder = root / FOLDER
-    (folder / "val" / "images").mkdir(parents=True)
-    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    rng = np.random.default_rng(0)
-    annotations = []
-    expected_val = {}
-    for k, wnid in enumerate(wnids):
-        images = folder / "train" / wnid / "images"
-        images.mkdir(parents=True)
-        for i in range(train_per_class):
-            flat = np.full((64, 64, 3), 20 * k + i, dtype=np.uint8)  # JPEG keeps flat colours
-            Image.fromarray(flat).save(images / f"{wnid}_{i}.JPEG", format="JPEG")
-        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-        for i in range(val_per_class):
-            name = f"val_{k * val_per_class + i}.JPEG"
-            gray = rng.integers(0, 256, (64, 64), dtype=np.uint8)
-            Image.fromarray(gray, mode="L").save(folder / "val" / "images" / name, format="JPEG")
-            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-            expected_val[name] = wnid
-    (folder / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
-    return folder, expected_val
-
-
 def test_tiny_imagenet_is_restructured_decoded_and_cached(tmp_path):
     wnids = ["n03", "n01", "n02"]  # not sorted: classes are indexed in sorted wnid order
-    folder, expected_val = _write_tiny_imagenet(tmp_path, wnids)
+    folder, expected_val = write_tiny_imagenet(tmp_path, wnids)
     data = load_images("tiny_imagenet", root=tmp_path)
     # val/ now holds val/<wnid>/<file> as listed in val_annotations.txt, and val/images is gone
     assert not (folder / "val" / "images").exists()
@@ -112,7 +74,7 @@ def test_tiny_imagenet_is_restructured_decoded_and_cached(tmp_path):
 
 
 def test_an_interrupted_restructuring_resumes(tmp_path):
-    folder, expected_val = _write_tiny_imagenet(tmp_path, ["n01", "n02"])
+    folder, expected_val = write_tiny_imagenet(tmp_path, ["n01", "n02"])
     moved = next(iter(expected_val))  # one image already moved by an interrupted run
     (folder / "val" / expected_val[moved]).mkdir()
     (folder / "val" / "images" / moved).rename(folder / "val" / expected_val[moved] / moved)

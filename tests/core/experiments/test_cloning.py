@@ -7,40 +7,23 @@ import random
 
 import pandas as pd
 import pytest
-import torch
 
 from core.data import load_images
 from core.experiments import cloning
-from core.experiments.overrides import parse_overrides
 from core.experiments.training import evaluate
 from core.models import ModelConfig, build_model
-from core.records import RunRecord, load_metrics
-from tests.core.experiments.interruption import comparable, run_and_kill
+from core.records import load_metrics
+from tests.core.experiments.runs import TINY, comparable, run_and_kill, run_in_process
 
-SMALL = [
-    "dataset=synthetic",
-    "model.arch=mlp",
+SMALL = TINY + [
     "model.hidden_sizes=8,8",
     "batch_size=32",  # 400 synthetic images: 13 steps per epoch
     "probe_size=20",
-    "device=cpu",
-    "probe.metrics=dead_fraction,effective_rank",  # two of the probe's metrics keep tests fast
 ]
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-exact comparisons with the killed subprocess, which runs with OMP_NUM_THREADS=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(args, run_dir):
-    cfg = parse_overrides(cloning.Config, args)
-    record = RunRecord(run_dir)
-    return cloning.run(cfg, record), record
+    return run_in_process(cloning, args, run_dir)
 
 
 def _wide(frame, metric):

@@ -13,37 +13,22 @@ from core.data import task_classes
 from core.experiments import cli, continual
 from core.experiments.overrides import parse_overrides
 from core.models import ModelConfig, build_model
-from core.records import RunRecord, load_metrics
-from tests.core.experiments.interruption import comparable, run_and_kill
+from core.records import load_metrics
+from tests.core.experiments.runs import TINY, comparable, run_and_kill, run_in_process
 
-SMALL = [
-    "dataset=synthetic",
+SMALL = TINY + [
     "synthetic.classes=6",
     "synthetic.train_per_class=32",
     "synthetic.test_per_class=8",
-    "model.arch=mlp",
     "model.hidden_sizes=16,16",
     "classes_per_task=2",
     "batch_size=16",
     "probe_size=12",
-    "device=cpu",
-    "probe.metrics=dead_fraction,effective_rank",  # two of the probe's metrics keep tests fast
 ]
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-exact comparisons with the killed subprocess, which runs with OMP_NUM_THREADS=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(args, run_dir):
-    cfg = parse_overrides(continual.Config, args)
-    record = RunRecord(run_dir)
-    return continual.run(cfg, record), record
+    return run_in_process(continual, args, run_dir)
 
 
 def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, one_thread):

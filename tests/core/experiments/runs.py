@@ -1,5 +1,6 @@
-"""Kill a real `python -m core.experiments.<name>` process with SIGKILL once it has checkpointed
-past a given step, and compare run records."""
+"""Running an experiment for a test: in this process (`run_in_process`), or as a real
+`python -m core.experiments.<name>` process killed with SIGKILL once it has checkpointed past a
+given step (`run_and_kill`); and comparing run records (`comparable`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
+from core.experiments.overrides import parse_overrides
 from core.records import RunRecord, load_metrics
 
 REPO = Path(__file__).resolve().parents[3]
+
+# what every image-experiment test starts from: synthetic images, a small MLP on the CPU, and two
+# of the probe's metrics (which keeps the tests fast)
+TINY = [
+    "dataset=synthetic",
+    "model.arch=mlp",
+    "device=cpu",
+    "probe.metrics=dead_fraction,effective_rank",
+]
+
+
+def run_in_process(module: ModuleType, args: list[str], run_dir: Path) -> tuple[dict, RunRecord]:
+    """`module.run` with the `key=value` overrides `args` on the record `run_dir`:
+    (summary, record)."""
+    record = RunRecord(run_dir)
+    return module.run(parse_overrides(module.Config, args), record), record
 
 
 def run_and_kill(module: str, args: list[str], run_dir: Path, after_step: int) -> int:
