@@ -6,16 +6,18 @@
 For each architecture at the paper's size (core.models defaults, CIFAR-10 images 3x32x32, 10
 classes) it times, in one process: one training step (batch 128: forward, cross-entropy, backward,
 SGD with momentum) and one call of `core.metrics.Probe` (the `default` preset, every metric, on a
-probe batch of 500), each the median of `--repeats` timings after a warm-up. It prints both times,
-the probe's cost in training steps, and the implied overhead at the paper's cadence: a probe every
-5 epochs of CIFAR-10 (5 x 391 = 1955 steps), for one probe batch and for the train + val pair the
-experiments run (target: under 2%).
+probe batch of 500). After one warm-up of each, the two are timed alternately `--repeats` times,
+so that other work on the machine falls on both alike, and each figure is the fastest of its
+timings (the least disturbed). It prints both times, the probe's cost in training steps, and the
+implied overhead at the paper's cadence: a probe every 5 epochs of CIFAR-10 (5 x 391 = 1955
+steps), for one probe batch and for the train + val pair the experiments run (target: under 2%).
+The machine's load average is printed before and after: on a shared CPU the figures move with it.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import time
 
 import torch
@@ -29,19 +31,20 @@ CADENCE_EPOCHS = 5
 TARGET = 0.02
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls after one warm-up call."""
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _seconds(fn, device: torch.device) -> float:
+    """Wall-clock seconds of one call of `fn()` (device work included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages, where the platform has them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def measure(arch: str, batch: int, probe_size: int, device: torch.device, repeats: int):
@@ -60,12 +63,16 @@ def measure(arch: str, batch: int, probe_size: int, device: torch.device, repeat
         optimizer.step()
 
     model.train()
-    step_s = _timed(step, device, repeats)
     px = torch.randn(probe_size, 3, 32, 32, generator=g, device=device)
     py = torch.randint(0, 10, (probe_size,), generator=g, device=device)
     probe = Probe(model, px, py, F.cross_entropy, ProbeSpec("default"), generator=torch.Generator())
-    probe_s = _timed(probe, device, repeats)
-    return step_s, probe_s
+    step()  # warm-up
+    probe()
+    steps, probes = [], []
+    for _ in range(repeats):
+        steps.append(_seconds(step, device))
+        probes.append(_seconds(probe, device))
+    return min(steps), min(probes)
 
 
 def main() -> None:
@@ -73,7 +80,7 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["mlp", "cnn", "resnet", "vit"])
     parser.add_argument("--batch", type=int, default=128, help="training batch size")
     parser.add_argument("--probe-size", type=int, default=500, help="probe batch size")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (fastest)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -81,7 +88,7 @@ def main() -> None:
     print(
         f"metrics probe: device {device}, torch threads {torch.get_num_threads()}, batch "
         f"{args.batch}, probe {args.probe_size}, a probe every {between} steps; target < "
-        f"{TARGET:.0%} per probe pair"
+        f"{TARGET:.0%} per probe pair; load average {_load()}"
     )
     for arch in args.archs:
         step_s, probe_s = measure(arch, args.batch, args.probe_size, device, args.repeats)
@@ -91,6 +98,7 @@ def main() -> None:
             f"= {ratio:5.1f} steps   overhead {ratio / between:6.2%} per probe, "
             f"{2 * ratio / between:6.2%} train+val"
         )
+    print(f"metrics load average after: {_load()}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Public surface:
   members), `duplicate_fraction_cosine` (the paper code's), `effective_rank` (Shannon, singular
   values), `effective_rank_cov` (Shannon, covariance eigenvalues), `participation_ratio`,
   `stable_rank` (classical), `numerical_rank`, `approximate_rank`, `approximate_rank_abs`,
-  `non_gaussianity`, `mean_weight_magnitude`; each also has `.tensor`, the same function returning
-  a 0-d tensor on the input's device;
+  `non_gaussianity`, `mean_weight_magnitude`, and the per-unit activation statistics
+  `mean_of_means`, `std_of_means`, `mean_of_stds`, `std_of_stds` (of `unit_mean_std`, the
+  per-unit mean and std over rows); each also has `.tensor`, the same function returning a 0-d
+  tensor on the input's device;
 - `Probe`, `ProbeSpec` and `PRESETS` (`default`, `paper`, `paper_bitflip`, `dohare2024`).
 
 Flatten a layer output into H with `core.models.capture.unit_matrix`; choose stratified probe
@@ -31,9 +33,14 @@ from core.metrics.units import (
     dormant_ratio,
     duplicate_fraction,
     duplicate_fraction_cosine,
+    mean_of_means,
+    mean_of_stds,
     mean_weight_magnitude,
     non_gaussianity,
     saturated_fraction,
+    std_of_means,
+    std_of_stds,
+    unit_mean_std,
 )
 
 __all__ = [
@@ -48,10 +55,15 @@ __all__ = [
     "duplicate_fraction_cosine",
     "effective_rank",
     "effective_rank_cov",
+    "mean_of_means",
+    "mean_of_stds",
     "mean_weight_magnitude",
     "non_gaussianity",
     "numerical_rank",
     "participation_ratio",
     "saturated_fraction",
     "stable_rank",
+    "std_of_means",
+    "std_of_stds",
+    "unit_mean_std",
 ]

@@ -38,23 +38,37 @@ class Metric:
 
 
 def _dead(threshold: float, zero_tol: float, source: str = "dead_fraction") -> Metric:
-    return Metric(
-        source, lambda v: units.dead_fraction.tensor(v.h, threshold=threshold, zero_tol=zero_tol)
-    )
+    return Metric(source, lambda v: units.dead_fraction_of(v.zero_fractions(zero_tol), threshold))
+
+
+def _dormant(tau: float, source: str) -> Metric:
+    return Metric(source, lambda v: units.dormant_ratio_of(v.mean_abs(), tau))
 
 
 def _saturated(rel_tol: float, min_fraction: float, per_sample: bool, source: str) -> Metric:
     def compute(v: LayerView) -> torch.Tensor:
-        g = v.g_per_sample if per_sample else v.g_batch_mean
-        return units.saturated_fraction.tensor(v.h, g, rel_tol=rel_tol, min_fraction=min_fraction)
+        f = v.small_gradient_fractions(rel_tol, per_sample)
+        return units.saturated_fraction_of(f, min_fraction)
 
     return Metric(source, compute, needs_grad=True)
 
 
+def _pearson(threshold: float) -> Metric:
+    return Metric(
+        "dup_fraction (POC)", lambda v: units.duplicate_fraction_of(v.moments(), threshold)
+    )
+
+
 def _cosine(threshold: float) -> Metric:
     return Metric(
-        "dup_fraction", lambda v: units.duplicate_fraction_cosine.tensor(v.h, threshold=threshold)
+        "dup_fraction", lambda v: units.duplicate_fraction_cosine_of(v.moments(), threshold)
     )
+
+
+def _unit_statistics() -> dict[str, Metric]:
+    """mean_of_means, std_of_means, mean_of_stds, std_of_stds: the paper code's names (§2.9)."""
+    names = ("mean_of_means", "std_of_means", "mean_of_stds", "std_of_stds")
+    return {name: Metric(name, lambda v, name=name: v.unit_statistics()[name]) for name in names}
 
 
 def _spectral(source: str, of: Callable, rows: int | None, centred: bool = False, **kw) -> Metric:
@@ -85,12 +99,11 @@ _WEIGHT = Metric(
 PRESETS: dict[str, Mapping[str, Metric]] = {
     "default": {
         "dead_fraction": _dead(0.95, 1e-7),
-        "dormant_ratio": Metric("dormant ratio", lambda v: units.dormant_ratio.tensor(v.h)),
+        "dormant_ratio": _dormant(0.025, "dormant ratio"),
         "saturated_fraction": _saturated(0.05, 0.99, True, "saturated_frac"),
-        "duplicate_fraction": Metric(
-            "dup_fraction (POC)", lambda v: units.duplicate_fraction.tensor(v.h, threshold=0.95)
-        ),
+        "duplicate_fraction": _pearson(0.95),
         "duplicate_fraction_cosine": _cosine(0.95),
+        **_unit_statistics(),
         "effective_rank": _spectral("effective_rank", ranks.effective_rank_of, RANK_ROWS),
         "effective_rank_cov": _spectral(
             "effective rank (theory)", ranks.effective_rank_cov_of, RANK_ROWS, centred=True
@@ -109,6 +122,7 @@ PRESETS: dict[str, Mapping[str, Metric]] = {
     "paper": {
         "dead_fraction": _dead(0.95, 1e-7),
         "duplicate_fraction_cosine": _cosine(0.95),
+        **_unit_statistics(),
         "saturated_fraction_batch_mean": _saturated(1e-4, 0.99, False, "saturated_frac"),
         "effective_rank": _spectral("effective_rank", ranks.effective_rank_of, RANK_ROWS),
         "participation_ratio": _spectral(
@@ -119,6 +133,7 @@ PRESETS: dict[str, Mapping[str, Metric]] = {
     "paper_bitflip": {
         "dead_fraction": _dead(0.95, 1e-7),
         "duplicate_fraction_cosine": _cosine(0.98),
+        **_unit_statistics(),
         "saturated_fraction_batch_mean": _saturated(0.05, 0.8, False, "saturated_frac"),
         "effective_rank": _spectral("effective_rank", ranks.effective_rank_of, RANK_ROWS),
         "participation_ratio": _spectral(
@@ -127,9 +142,7 @@ PRESETS: dict[str, Mapping[str, Metric]] = {
         "non_gaussianity": _non_gaussianity(1000),
     },
     "dohare2024": {
-        "dormant_ratio": Metric(
-            "dead units (permuted MNIST)", lambda v: units.dormant_ratio.tensor(v.h, tau=0.0)
-        ),
+        "dormant_ratio": _dormant(0.0, "dead units (permuted MNIST)"),
         "dead_fraction": _dead(0.99, 0.0, source="dormant units (CIFAR)"),
         "effective_rank": _spectral("effective rank", ranks.effective_rank_of, None),
         "approximate_rank": _spectral(

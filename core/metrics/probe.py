@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.metrics import ranks
+from core.metrics import ranks, units
 from core.metrics.presets import PRESETS, Metric
 from core.models import Layer
 from core.models.capture import unit_matrix
@@ -64,13 +64,14 @@ class ProbeSpec:
 
 
 class LayerView:
-    """What the metrics read about one declared layer in one probe call; spectra are computed at
-    most once and shared.
+    """What the metrics read about one declared layer in one probe call; every per-layer
+    statistic (spectra, column moments, zero fractions, mean |h|) is computed at most once and
+    shared between the metrics that read it.
 
     `h`: activations (rows, units); `g_batch_mean`: d(batch-mean loss)/d h, same shape (None when
-    no metric needs gradients); `g_per_sample`: batch size x that, i.e. d loss_b / d h for the
-    image b of each row; `weight`: the weight of the layer's `incoming` module (None for block
-    outputs).
+    no metric needs gradients); `batch_size`: B, so that B x g_batch_mean is d loss_b / d h for
+    the image b of each row (per-sample gradients); `weight`: the weight of the layer's `incoming`
+    module (None for block outputs).
     """
 
     def __init__(
@@ -86,11 +87,12 @@ class LayerView:
         self.batch_size = batch_size
         self.weight = weight
         self._row_index = row_index
-        self._spectra: dict[tuple[int | None, bool], torch.Tensor] = {}
+        self._cache: dict[tuple, object] = {}
 
-    @property
-    def g_per_sample(self) -> torch.Tensor:
-        return self.g_batch_mean * self.batch_size
+    def _cached(self, key: tuple, compute: Callable[[], object]):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def rows(self, k: int | None) -> torch.Tensor:
         """`h` restricted to this layer's fixed subsample of at most k rows (None: all rows)."""
@@ -99,16 +101,43 @@ class LayerView:
 
     def spectrum(self, k: int | None) -> torch.Tensor:
         """Squared singular values of `rows(k)` (see ranks.squared_singular_values)."""
-        return self._spectrum(k, center=False)
+        return self._cached(
+            ("spectrum", k), lambda: ranks.squared_singular_values(self.rows(k), center=False)
+        )
 
     def centred_spectrum(self, k: int | None) -> torch.Tensor:
         """Squared singular values of `rows(k)` minus its column means (covariance eigenvalues)."""
-        return self._spectrum(k, center=True)
+        return self._cached(
+            ("centred_spectrum", k),
+            lambda: ranks.squared_singular_values(self.rows(k), center=True),
+        )
 
-    def _spectrum(self, k: int | None, center: bool) -> torch.Tensor:
-        if (k, center) not in self._spectra:
-            self._spectra[k, center] = ranks.squared_singular_values(self.rows(k), center=center)
-        return self._spectra[k, center]
+    def moments(self) -> units.ColumnMoments:
+        """Column means, centred scatter and gram of all rows of `h` (units.column_moments)."""
+        return self._cached(("moments",), lambda: units.column_moments(self.h))
+
+    def unit_statistics(self) -> dict[str, torch.Tensor]:
+        """mean_of_means, std_of_means, mean_of_stds, std_of_stds of all rows of `h`."""
+
+        def compute() -> dict[str, torch.Tensor]:
+            m = self.moments()
+            return units.unit_statistics_of(m.mean, m.std())
+
+        return self._cached(("unit_statistics",), compute)
+
+    def zero_fractions(self, zero_tol: float) -> torch.Tensor:
+        """Per-unit fraction of the rows of `h` that are zero (units.zero_fractions)."""
+        return self._cached(("zero", zero_tol), lambda: units.zero_fractions(self.h, zero_tol))
+
+    def mean_abs(self) -> torch.Tensor:
+        """Per-unit mean |h| over all rows (units.mean_abs)."""
+        return self._cached(("mean_abs",), lambda: units.mean_abs(self.h))
+
+    def small_gradient_fractions(self, rel_tol: float, per_sample: bool) -> torch.Tensor:
+        """Per-unit fraction of rows with |G_ij| / mu_j < rel_tol (units.small_gradient_fractions),
+        G the per-sample (B x batch-mean) or the batch-mean loss gradient."""
+        scale = self.batch_size if per_sample else 1.0
+        return units.small_gradient_fractions(self.g_batch_mean, self.mean_abs(), rel_tol, scale)
 
 
 class Probe:

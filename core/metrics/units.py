@@ -1,19 +1,149 @@
 """Per-unit metrics of an activation matrix H (N rows = samples, D columns = units) and, for
 saturation, the gradient matrix G of the same layer: the fraction of units that are dead, dormant,
-saturated or duplicated, non-Gaussianity, and the mean weight magnitude."""
+saturated or duplicated, the per-unit activation statistics, non-Gaussianity, and the mean weight
+magnitude.
+
+The metrics that read every row are written in two steps, as the ranks are (core/metrics/ranks.py):
+a per-unit statistic of all rows (`zero_fractions`, `mean_abs`, `small_gradient_fractions`,
+`column_moments`), computed in one pass over blocks of consecutive rows, and a `*_of` function that
+turns it into the metric. The probe computes each statistic once per layer and shares it (the
+duplicate fractions and the unit statistics share one `column_moments`); the public functions
+below compose the same two steps.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from core.metrics.ranks import check_matrix
 from core.metrics.scalar import host_float
 
+# Entries per block of rows in the full-row passes (16 MiB of float32). A conv layer's matrix has
+# 500*32*32 = 512,000 rows: an elementwise temporary of all of it (|H|, H - mean, a mask) costs
+# more in fresh memory than its arithmetic, while many small blocks cost one dispatch (and, on a
+# CPU, one wake-up of the intra-op threads) per operation; 16 MiB blocks are reused by the
+# allocator and keep a layer to a few dozen operations.
+BLOCK_ENTRIES = 1 << 22
+
+
+def row_blocks(M: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """M split into blocks of consecutive rows of about BLOCK_ENTRIES entries (views, no copy)."""
+    return M.split(max(1, BLOCK_ENTRIES // M.shape[1]))
+
 
 def _precise(t: torch.Tensor) -> torch.Tensor:
     """`t` itself in float32/float64 (no copy: these metrics read every row of a conv map); half
-    precisions are widened to float32. D-sized results are then taken in float64."""
+    precisions are widened to float32."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _total(partials: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of per-block (D,) partial sums, in float64 (int64 for counts)."""
+    stacked = torch.stack(partials)  # (blocks, D)
+    return stacked.sum(dim=0) if not stacked.is_floating_point() else stacked.double().sum(dim=0)
+
+
+def _share_above(fractions: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(1/D) sum_j 1[fractions_j > threshold]."""
+    return (fractions > threshold).double().mean()
+
+
+def zero_fractions(H: torch.Tensor, zero_tol: float = 1e-7) -> torch.Tensor:
+    """z_j = (1/N) sum_i 1[|H_ij| < zero_tol or H_ij = 0], (D,) float64; zero_tol 0: exact zeros."""
+    check_matrix(H)
+    counts = [
+        (b.abs() < zero_tol if zero_tol > 0 else b == 0).sum(dim=0, dtype=torch.int32)
+        for b in row_blocks(H)
+    ]  # |h| < tol includes h = 0; a block has fewer than 2^31 rows
+    return _total(counts).double() / H.shape[0]
+
+
+def mean_abs(H: torch.Tensor) -> torch.Tensor:
+    """mu_j = (1/N) sum_i |H_ij|, (D,) float64 (per-block sums in H's precision)."""
+    check_matrix(H)
+    return _total([b.abs().sum(dim=0) for b in row_blocks(_precise(H))]) / H.shape[0]
+
+
+def small_gradient_fractions(
+    G: torch.Tensor, mu: torch.Tensor, rel_tol: float, grad_scale: float = 1.0
+) -> torch.Tensor:
+    """f_j = (1/N) sum_i 1[|s G_ij| / max(mu_j, 1e-12) < rel_tol], (D,) float64, s = grad_scale.
+
+    mu is `mean_abs(H)` of the layer's activations. `grad_scale` multiplies G entry by entry
+    before the test (the probe passes the batch-mean loss gradient and the batch size, which gives
+    per-sample gradients without a scaled copy of G).
+    """
+    check_matrix(G)
+    if mu.shape != (G.shape[1],):
+        raise ValueError(f"mu has shape {tuple(mu.shape)}; G has {G.shape[1]} columns")
+    g = _precise(G)
+    bound = (rel_tol * mu.clamp_min(1e-12)).to(g.dtype)  # (D,): r_ij < rel_tol iff |s G_ij| < bound
+    counts = [
+        ((b if grad_scale == 1.0 else b * grad_scale).abs() < bound).sum(dim=0, dtype=torch.int32)
+        for b in row_blocks(g)
+    ]
+    return _total(counts).double() / G.shape[0]
+
+
+@dataclass(frozen=True)
+class ColumnMoments:
+    """First and second moments of the columns of H over its N rows, float64.
+
+    `mean` (D,): (1/N) sum_i H_ij; `scatter`: H_c^T H_c with H_c = H - mean (D x D; its diagonal
+    (D,) only, from `column_moments(H, cross=False)`); `gram`: H^T H (D x D; None without cross).
+    """
+
+    n: int
+    mean: torch.Tensor
+    scatter: torch.Tensor
+    gram: torch.Tensor | None
+
+    def std(self) -> torch.Tensor:
+        """Per-unit sample std over the rows, sqrt(scatter_jj / (N - 1)) (0 for N = 1), (D,)."""
+        scatter = self.scatter.diagonal() if self.scatter.dim() == 2 else self.scatter
+        return (scatter.clamp_min(0.0) / max(self.n - 1, 1)).sqrt()
+
+
+def column_moments(H: torch.Tensor, *, cross: bool = True) -> ColumnMoments:
+    """The column moments of H (see `ColumnMoments`), from rows shifted by their approximate mean.
+
+    Shifted-data algorithm: k = the column means rounded to H's dtype (any k near the mean does);
+    one pass over blocks of rows accumulates s = sum_i c_i (float64) and S = sum_i c_i c_i^T
+    (one matrix product per block, in H's precision) of the shifted rows c_i = H_i - k. Then,
+    exactly (c_i is H_i - k up to one rounding relative to c_i itself),
+        mean = k + s / N,   scatter = S - s s^T / N,   gram = S + k s^T + s k^T + N k k^T.
+    The centred scatter comes from shifted rows because the other order, H^T H - N m m^T,
+    cancels: in float32 a unit with mean/std = 10^3 loses all of its variance to the rounding of
+    H^T H. The uncentred gram is a sum of terms no larger than itself, so deriving it from S
+    costs no precision; one pass gives both (the two duplicate fractions and the unit statistics
+    share it).
+    """
+    check_matrix(H)
+    x = _precise(H)
+    n, d = x.shape
+    shift = x.sum(dim=0) / n  # (D,): k, in x's dtype
+    S = torch.zeros((d, d) if cross else (d,), dtype=x.dtype, device=x.device)
+    sums = []
+    for block in row_blocks(x):
+        c = block - shift  # (rows, D)
+        sums.append(c.sum(dim=0))
+        if cross:
+            S.addmm_(c.T, c)
+        else:
+            S += c.square().sum(dim=0)
+    s, S, k = _total(sums), S.double(), shift.double()
+    if not cross:
+        return ColumnMoments(n, k + s / n, S - s * s / n, None)
+    sk = torch.outer(s, k)
+    gram = S + sk + sk.T + n * torch.outer(k, k)
+    return ColumnMoments(n, k + s / n, S - torch.outer(s, s) / n, gram)
+
+
+def dead_fraction_of(z: torch.Tensor, threshold: float = 0.95) -> torch.Tensor:
+    """(1/D) sum_j 1[z_j > threshold] of the zero fractions z (see `dead_fraction`)."""
+    return _share_above(z, threshold)
 
 
 @host_float
@@ -28,9 +158,14 @@ def dead_fraction(
     zeros: with threshold 0.99 that is Dohare et al. (2024)'s CIFAR "dormant units" (non-zero on
     fewer than 1% of the probe rows).
     """
-    check_matrix(H)
-    zero = H.abs() < zero_tol if zero_tol > 0 else H == 0  # |h| < tol includes h = 0
-    return (zero.sum(dim=0).double() / H.shape[0] > threshold).double().mean()
+    return dead_fraction_of(zero_fractions(H, zero_tol), threshold)
+
+
+def dormant_ratio_of(mu: torch.Tensor, tau: float = 0.025) -> torch.Tensor:
+    """Fraction of units with mu_j / mean_k mu_k <= tau, mu = `mean_abs(H)` (`dormant_ratio`)."""
+    layer_mean = mu.mean()
+    score = mu / torch.where(layer_mean > 0, layer_mean, 1.0)
+    return (score <= tau).double().mean()
 
 
 @host_float
@@ -42,11 +177,13 @@ def dormant_ratio(H: torch.Tensor, *, tau: float = 0.025) -> torch.Tensor:
     tau = 0 a unit is dormant iff it is exactly zero on every row: Dohare et al. (2024)'s
     permuted-MNIST "dead units" (sum_i |H_ij| = 0). If every unit is zero, all are dormant.
     """
-    check_matrix(H)
-    mean_abs = _precise(H).abs().mean(dim=0).double()  # (D,)
-    layer_mean = mean_abs.mean()
-    score = mean_abs / torch.where(layer_mean > 0, layer_mean, 1.0)
-    return (score <= tau).double().mean()
+    return dormant_ratio_of(mean_abs(H), tau)
+
+
+def saturated_fraction_of(f: torch.Tensor, min_fraction: float = 0.99) -> torch.Tensor:
+    """(1/D) sum_j 1[f_j > min_fraction], f = `small_gradient_fractions` (see
+    `saturated_fraction`)."""
+    return _share_above(f, min_fraction)
 
 
 @host_float
@@ -66,10 +203,20 @@ def saturated_fraction(
     check_matrix(H)
     if G.shape != H.shape:
         raise ValueError(f"G has shape {tuple(G.shape)}, H has {tuple(H.shape)}; they must match")
-    x, g = _precise(H), _precise(G)
-    mu = x.abs().mean(dim=0).clamp_min(1e-12)  # (D,)
-    small = g.abs() < rel_tol * mu  # (N, D): r_ij < rel_tol
-    return (small.sum(dim=0).double() / H.shape[0] > min_fraction).double().mean()
+    return saturated_fraction_of(small_gradient_fractions(G, mean_abs(H), rel_tol), min_fraction)
+
+
+def duplicate_fraction_of(
+    m: ColumnMoments, threshold: float = 0.95, min_std: float = 1e-5
+) -> torch.Tensor:
+    """The |Pearson| duplicate fraction from the column moments (see `duplicate_fraction`)."""
+    scatter = m.scatter  # (D, D): H_c^T H_c
+    norm = scatter.diagonal().clamp_min(0.0).sqrt()  # (D,): ||H_c[:, j]||
+    varying = norm / max(m.n - 1, 1) ** 0.5 > min_std
+    safe = torch.where(varying, norm, 1.0)
+    corr = (scatter / safe[:, None] / safe[None, :]).abs() * (varying[:, None] & varying[None, :])
+    corr.fill_diagonal_(0.0)
+    return ((corr > threshold).any(dim=1) & varying).double().mean()
 
 
 @host_float
@@ -84,16 +231,16 @@ def duplicate_fraction(
     counts. Constant units (std <= min_std, e.g. dead ones) have no correlation and never count.
     The paper's POC scripts (paper_spec §2.2: |Pearson| > 0.95, std > 1e-5, both members).
     """
-    check_matrix(H)
-    x = _precise(H)
-    x = x - x.mean(dim=0, keepdim=True)
-    scatter = (x.T @ x).double()  # (D, D): H_c^T H_c
-    norm = scatter.diagonal().clamp_min(0.0).sqrt()  # (D,): ||H_c[:, j]||
-    varying = norm / max(H.shape[0] - 1, 1) ** 0.5 > min_std
-    safe = torch.where(varying, norm, 1.0)
-    corr = (scatter / safe[:, None] / safe[None, :]).abs() * (varying[:, None] & varying[None, :])
-    corr.fill_diagonal_(0.0)
-    return ((corr > threshold).any(dim=1) & varying).double().mean()
+    return duplicate_fraction_of(column_moments(H), threshold, min_std)
+
+
+def duplicate_fraction_cosine_of(m: ColumnMoments, threshold: float = 0.95) -> torch.Tensor:
+    """The paper code's duplicate fraction from the column moments' gram (see
+    `duplicate_fraction_cosine`)."""
+    gram = m.gram  # (D, D): H^T H
+    norm = gram.diagonal().clamp_min(0.0).sqrt().clamp_min(1e-12)
+    upper = torch.triu(gram / norm[:, None] / norm[None, :], diagonal=1)  # S_jk for k > j
+    return (upper > threshold).any(dim=1).double().mean()
 
 
 @host_float
@@ -104,12 +251,65 @@ def duplicate_fraction_cosine(H: torch.Tensor, *, threshold: float = 0.95) -> to
     some k > j (no absolute value). A perfect x2 clone therefore scores at most 1/2, and
     non-negative units with a large mean score high even if uncorrelated (paper_spec §2.2).
     """
-    check_matrix(H)
-    x = _precise(H)
-    gram = (x.T @ x).double()  # (D, D)
-    norm = gram.diagonal().clamp_min(0.0).sqrt().clamp_min(1e-12)
-    upper = torch.triu(gram / norm[:, None] / norm[None, :], diagonal=1)  # S_jk for k > j
-    return (upper > threshold).any(dim=1).double().mean()
+    return duplicate_fraction_cosine_of(column_moments(H), threshold)
+
+
+def unit_mean_std(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-unit statistics the paper's code stores (paper_spec §2.9), (D,) each, float64:
+
+    mean_j = (1/N) sum_i H_ij,  std_j = sqrt((1/(N-1)) sum_i (H_ij - mean_j)^2).
+    std is the sample std with Bessel's correction, torch's default (`Tensor.std`) in the
+    reference's torch code; the spec does not say, so this is our reading. A single row has no
+    spread: std_j = 0 for N = 1 (where the Bessel formula is undefined).
+    """
+    m = column_moments(H, cross=False)
+    return m.mean, m.std()
+
+
+def _spread(v: torch.Tensor) -> torch.Tensor:
+    """Sample std (Bessel) of the D values of v across units; 0 for a single unit."""
+    return v.std() if v.numel() > 1 else torch.zeros((), dtype=v.dtype, device=v.device)
+
+
+def unit_statistics_of(means: torch.Tensor, stds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The paper's summaries of the per-unit statistics (see `unit_mean_std`), 0-d tensors:
+
+    mean_of_means = (1/D) sum_j mean_j,  std_of_means = sample std over units of mean_j,
+    mean_of_stds = (1/D) sum_j std_j,    std_of_stds = sample std over units of std_j
+    (the spread across units is Bessel-corrected like the per-unit std, and 0 for D = 1).
+    """
+    return {
+        "mean_of_means": means.mean(),
+        "std_of_means": _spread(means),
+        "mean_of_stds": stds.mean(),
+        "std_of_stds": _spread(stds),
+    }
+
+
+@host_float
+def mean_of_means(H: torch.Tensor) -> torch.Tensor:
+    """(1/D) sum_j mean_j, the layer's mean of the per-unit means over rows (paper_spec §2.9;
+    formulas in `unit_mean_std` and `unit_statistics_of`)."""
+    return unit_statistics_of(*unit_mean_std(H))["mean_of_means"]
+
+
+@host_float
+def std_of_means(H: torch.Tensor) -> torch.Tensor:
+    """Sample std across units of the per-unit means over rows (paper_spec §2.9; 0 for D = 1)."""
+    return unit_statistics_of(*unit_mean_std(H))["std_of_means"]
+
+
+@host_float
+def mean_of_stds(H: torch.Tensor) -> torch.Tensor:
+    """(1/D) sum_j std_j, the mean of the per-unit sample stds over rows (paper_spec §2.9)."""
+    return unit_statistics_of(*unit_mean_std(H))["mean_of_stds"]
+
+
+@host_float
+def std_of_stds(H: torch.Tensor) -> torch.Tensor:
+    """Sample std across units of the per-unit sample stds over rows (paper_spec §2.9; 0 for
+    D = 1)."""
+    return unit_statistics_of(*unit_mean_std(H))["std_of_stds"]
 
 
 def shapiro_wilk_coefficients(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -157,11 +357,13 @@ def non_gaussianity(H: torch.Tensor, *, min_std: float = 1e-6) -> torch.Tensor:
     unit. W is invariant to shifting and scaling a column.
     """
     check_matrix(H)
+    n = H.shape[0]
+    a = shapiro_wilk_coefficients(n, H.device)
+    ordered = _precise(H).sort(dim=0).values.double()  # widening to float64 keeps the order
+    numerator = (a @ ordered).square()  # (D,); sum a_i = 0: no centring
     x = H.double()
-    a = shapiro_wilk_coefficients(x.shape[0], x.device)
-    numerator = (a[:, None] * x.sort(dim=0).values).sum(dim=0).square()  # sum a_i = 0: no centring
     scatter = (x - x.mean(dim=0, keepdim=True)).square().sum(dim=0)
-    constant = x.std(dim=0) < min_std
+    constant = (scatter / (n - 1)).sqrt() < min_std  # the sample std
     w = (numerator / torch.where(constant, 1.0, scatter)).clamp_max(1.0)
     return torch.where(constant, 1.0, 1.0 - w).mean()
 

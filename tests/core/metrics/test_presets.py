@@ -22,6 +22,11 @@ def _entropy_rank(weights):
     return math.exp(-sum(q * math.log(q) for q in p if q > 0))
 
 
+def _sample_std(values):
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def test_paper_preset_reproduces_the_paper_formulas():
     view = _view(H, G, batch_size=4)
     got = {name: float(metric.compute(view)) for name, metric in PRESETS["paper"].items()}
@@ -37,6 +42,8 @@ def test_paper_preset_reproduces_the_paper_formulas():
     # b constant: score 1; sorted c = (0,1,3,3): W = (2 a_3 + 3 a_4)^2 / 6.75.
     a3, a4 = 0.16633641006923108, 0.687264285908471
     w_a, w_c = (a3 + a4) ** 2, (2 * a3 + 3 * a4) ** 2 / 6.75
+    # §2.9: unit means (.5, 0, 1.75); sample stds sqrt(1/3), 0, sqrt(6.75 / 3) = 1.5.
+    stds = [math.sqrt(1 / 3), 0.0, 1.5]
     expected = {
         "dead_fraction": 1 / 3,
         "duplicate_fraction_cosine": 1 / 3,
@@ -44,6 +51,10 @@ def test_paper_preset_reproduces_the_paper_formulas():
         "effective_rank": _entropy_rank(sigma),
         "participation_ratio": 7.75**2 / (1 + 2 * 6.25 + 6.75**2),
         "non_gaussianity": ((1 - w_a) + 1 + (1 - w_c)) / 3,
+        "mean_of_means": 0.75,
+        "std_of_means": math.sqrt((0.25**2 + 0.75**2 + 1.0**2) / 2),
+        "mean_of_stds": sum(stds) / 3,
+        "std_of_stds": _sample_std(stds),
     }
     assert got == pytest.approx(expected, rel=1e-6)
 
@@ -54,6 +65,9 @@ def test_paper_source_names():
     assert sources["duplicate_fraction_cosine"] == "dup_fraction"
     assert sources["saturated_fraction_batch_mean"] == "saturated_frac"
     assert PRESETS["dohare2024"]["approximate_rank_abs"].source.startswith("stable rank")
+    for preset in ("default", "paper", "paper_bitflip"):
+        for name in ("mean_of_means", "std_of_means", "mean_of_stds", "std_of_stds"):
+            assert PRESETS[preset][name].source == name  # the paper code's own names (§2.9)
 
 
 def test_default_saturation_equals_the_papers_at_its_probe_size():

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import core.metrics
 from core.cloning import expand
 from core.metrics import Probe, ProbeSpec, effective_rank, saturated_fraction
 from core.models import ModelConfig, build_model
@@ -15,6 +16,19 @@ SMALL = {
     "resnet": {"base_channels": 4, "stage_blocks": (1, 1)},
     "vit": {"embed_dim": 8, "n_heads": 2, "depth": 1, "patch_size": 4},
 }
+
+
+# metrics of the default preset that read every row, with the public functions' defaults
+FULL_ROW = (
+    "dead_fraction",
+    "dormant_ratio",
+    "duplicate_fraction",
+    "duplicate_fraction_cosine",
+    "mean_of_means",
+    "std_of_means",
+    "mean_of_stds",
+    "std_of_stds",
+)
 
 
 def _model(arch, seed=0, **kw):
@@ -120,6 +134,9 @@ def test_probe_measures_the_declared_layers_and_their_gradients():
         h, g = unit_matrix(acts[name].detach()), unit_matrix(grads[name]) * len(x)
         assert result[f"{name}/effective_rank"] == pytest.approx(effective_rank(h), rel=1e-9)
         assert result[f"{name}/saturated_fraction"] == saturated_fraction(h, g)
+        for metric in FULL_ROW:  # shared per-layer statistics == the public functions
+            expected = getattr(core.metrics, metric)(h)
+            assert result[f"{name}/{metric}"] == pytest.approx(expected, rel=1e-12), metric
     assert result["conv1/mean_weight_magnitude"] == pytest.approx(
         model.declared_layers()[0].incoming.weight.abs().mean().item()
     )

@@ -1,5 +1,7 @@
 """Per-unit metrics on matrices whose answers are known by hand."""
 
+import math
+
 import pytest
 import torch
 
@@ -8,11 +10,23 @@ from core.metrics import (
     dormant_ratio,
     duplicate_fraction,
     duplicate_fraction_cosine,
+    mean_of_means,
+    mean_of_stds,
     mean_weight_magnitude,
     non_gaussianity,
     saturated_fraction,
+    std_of_means,
+    std_of_stds,
+    unit_mean_std,
+    units,
 )
-from core.metrics.units import shapiro_wilk_coefficients
+from core.metrics.units import (
+    column_moments,
+    mean_abs,
+    shapiro_wilk_coefficients,
+    small_gradient_fractions,
+    zero_fractions,
+)
 
 
 def _gaussian(rows, cols, seed):
@@ -130,3 +144,93 @@ def test_column_scaling_and_permutation_leave_scale_free_metrics_unchanged():
 def test_mean_weight_magnitude():
     w = torch.tensor([[1.0, -2.0], [0.5, -0.5]])
     assert mean_weight_magnitude(w) == pytest.approx(1.0)
+
+
+def _known_units(means, stds):
+    """A 4-row matrix whose column j has mean means[j] and sample std stds[j]: m + s z with
+    z = sqrt(3/4) (1, -1, 1, -1), which has mean 0 and sample std 1."""
+    z = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64) * 0.75**0.5
+    m, sd = torch.tensor(means, dtype=torch.float64), torch.tensor(stds, dtype=torch.float64)
+    return m[None, :] + sd[None, :] * z[:, None]
+
+
+def test_unit_statistics_by_hand():
+    h = _known_units([0.0, 1.0, 2.0, 5.0], [1.0, 2.0, 3.0, 0.0])
+    means, stds = unit_mean_std(h)
+    assert means.tolist() == pytest.approx([0.0, 1.0, 2.0, 5.0], abs=1e-12)
+    assert stds.tolist() == pytest.approx([1.0, 2.0, 3.0, 0.0], abs=1e-12)
+    assert mean_of_means(h) == pytest.approx(2.0)
+    assert std_of_means(h) == pytest.approx(math.sqrt((4 + 1 + 0 + 9) / 3))  # Bessel, D - 1
+    assert mean_of_stds(h) == pytest.approx(1.5)
+    assert std_of_stds(h) == pytest.approx(math.sqrt((0.25 + 0.25 + 2.25 + 2.25) / 3))
+    # The per-unit std is the sample std over rows (N - 1), as torch's default Tensor.std.
+    assert stds.tolist() == pytest.approx(h.std(dim=0).tolist(), abs=1e-12)
+
+
+def test_unit_statistics_under_scale_and_shift():
+    h = _gaussian(300, 8, 5).exp()
+    c, b = -2.5, _gaussian(1, 8, 6)  # a common scale, a different shift per unit
+    moved = c * h + b
+    assert mean_of_means(moved) == pytest.approx(c * mean_of_means(h) + b.mean().item())
+    assert mean_of_stds(moved) == pytest.approx(abs(c) * mean_of_stds(h), rel=1e-12)
+    assert std_of_stds(moved) == pytest.approx(abs(c) * std_of_stds(h), rel=1e-12)
+    assert std_of_means(c * h + 7.0) == pytest.approx(abs(c) * std_of_means(h), rel=1e-12)
+    # A single unit has no spread across units, a single row none across rows.
+    assert std_of_means(h[:, :1]) == 0.0 and std_of_stds(h[:, :1]) == 0.0
+    assert mean_of_stds(h[:1]) == 0.0
+    with pytest.raises(ValueError, match="2-D"):
+        unit_mean_std(h[:, 0])
+    with pytest.raises(TypeError, match="floating"):
+        mean_of_means(torch.ones(3, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("block_entries", [units.BLOCK_ENTRIES, 24])
+def test_column_moments_equal_the_direct_formulas_in_float64(monkeypatch, block_entries):
+    monkeypatch.setattr(units, "BLOCK_ENTRIES", block_entries)  # 24: blocks of 4 rows
+    h = _gaussian(50, 6, 7) * torch.linspace(0.1, 10.0, 6, dtype=torch.float64) + 3.0
+    m = column_moments(h)
+    mean = h.mean(dim=0)
+    assert torch.allclose(m.mean, mean, rtol=1e-13, atol=0)
+    assert torch.allclose(m.scatter, (h - mean).T @ (h - mean), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(m.gram, h.T @ h, rtol=1e-13, atol=0)
+    diagonal = column_moments(h, cross=False)
+    assert diagonal.gram is None
+    assert torch.allclose(diagonal.scatter, m.scatter.diagonal(), rtol=1e-13, atol=0)
+    assert torch.allclose(diagonal.std(), m.std(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("block_entries", [units.BLOCK_ENTRIES, 1 << 12])
+def test_column_moments_keep_the_variance_of_a_float32_unit_far_from_zero(
+    monkeypatch, block_entries
+):
+    monkeypatch.setattr(units, "BLOCK_ENTRIES", block_entries)  # 1 or 10 blocks
+    # A unit with mean/std = 10^3 next to its own noisy copy: H^T H - N m m^T in float32 would
+    # lose its variance to rounding; the shifted sums keep the scatter and the correlation.
+    z = _gaussian(20_000, 2, 8)
+    h64 = torch.stack([1e3 + z[:, 0], 1e3 + z[:, 0] + 0.1 * z[:, 1]], dim=1)
+    h32 = h64.float()
+    exact = h32.double()  # the float32 values, in exact float64 arithmetic
+    centred = exact - exact.mean(dim=0)
+    m = column_moments(h32)
+    assert torch.allclose(m.scatter, centred.T @ centred, rtol=1e-5, atol=0)
+    assert torch.allclose(m.gram, exact.T @ exact, rtol=1e-6, atol=0)
+    rho = float(m.scatter[0, 1] / (m.scatter[0, 0] * m.scatter[1, 1]).sqrt())
+    assert rho == pytest.approx(1 / math.sqrt(1.01), abs=2e-3)  # corr(z, z + 0.1 z')
+    assert duplicate_fraction(h32, threshold=0.99) == duplicate_fraction(exact, threshold=0.99)
+
+
+def test_full_row_statistics_do_not_depend_on_the_blocks(monkeypatch):
+    h = _gaussian(97, 5, 9).relu()
+    h[:, 4] = 5e-8
+    g = _gaussian(97, 5, 10) * 1e-3
+    whole = (zero_fractions(h), mean_abs(h), small_gradient_fractions(g, mean_abs(h), 0.05, 4.0))
+    monkeypatch.setattr(units, "BLOCK_ENTRIES", 10)  # blocks of 2 rows, the last one of 1
+    blocked = (zero_fractions(h), mean_abs(h), small_gradient_fractions(g, mean_abs(h), 0.05, 4.0))
+    assert torch.equal(whole[0], blocked[0]) and torch.equal(whole[2], blocked[2])
+    assert torch.allclose(whole[1], blocked[1], rtol=1e-14, atol=0)
+    assert whole[0][4] == 1.0  # every row below the 1e-7 tolerance
+    assert torch.equal(whole[1], h.abs().mean(dim=0))
+    # grad_scale s multiplies G: the same as passing s G
+    assert torch.equal(whole[2], small_gradient_fractions(4.0 * g, mean_abs(h), 0.05))
+    with pytest.raises(ValueError, match="columns"):
+        small_gradient_fractions(g, mean_abs(h)[:4], 0.05)
