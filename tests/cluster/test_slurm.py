@@ -56,6 +56,27 @@ def _job_log(job: submitit.Job) -> str:
     return "".join(p.read_text() for p in paths if p.exists())
 
 
+def _finish_after_requeue(job) -> str:
+    """Wait for a preempted smoke bit-flip sweep job through its requeue; check that it ran
+    again and completed all 4 trials; return its log."""
+    deadline = time.monotonic() + 300
+    while not job.done():  # through the requeue and the second run
+        assert time.monotonic() < deadline, f"the sweep did not finish\n{_job_log(job)[-3000:]}"
+        time.sleep(1)
+    summary = job.result()  # raises with the log paths if the job failed
+    log = _job_log(job)
+    assert f"Requeued job {job.job_id}" in log
+    assert f"sweep job {job.job_id} (run 1)" in log, "the job did not run again after requeue"
+    assert summary == {
+        "study": "bitflip",
+        "scale": "smoke",
+        "planned": 4,
+        "started": 4,
+        "completed": 4,
+    }, log[-3000:]
+    return log
+
+
 def _tune_completed(job: submitit.Job) -> list[str]:
     """Trial ids that Tune's progress report (in the job's log) shows as completed."""
     return re.findall(r"Trial run_trial_(\w+?) completed after", _job_log(job))
@@ -83,22 +104,9 @@ def test_smoke_sweep_is_preempted_requeued_and_finishes_without_rerunning(
     slurm.run("scancel", "--signal=USR2", job.job_id)
     assert len(finished) < 4, "the sweep finished before it could be preempted"
 
-    deadline = time.monotonic() + 300
-    while not job.done():  # through the requeue and the second run
-        assert time.monotonic() < deadline, f"the sweep did not finish\n{_job_log(job)[-3000:]}"
-        time.sleep(1)
-    summary = job.result()  # raises with the log paths if the job failed
-    log = _job_log(job)
-    assert "this job is preempted" in log and f"Requeued job {job.job_id}" in log
-    assert f"sweep job {job.job_id} (run 1)" in log, "the job did not run again after requeue"
+    log = _finish_after_requeue(job)
+    assert "this job is preempted" in log
     assert re.search(r"ssh -N -L 8265:127\.0\.0\.\d+:\d+ ", log) and "ray_auth_token" in log
-    assert summary == {
-        "study": "bitflip",
-        "scale": "smoke",
-        "planned": 4,
-        "started": 4,
-        "completed": 4,
-    }, log[-3000:]
     for run in finished:  # a trial finished before the preemption was not run again
         assert log.count(f"Trial run_trial_{run} started") == 1, run
         assert _files(sweep_dir / "runs" / run) == snapshots[run], run
@@ -152,20 +160,7 @@ def test_smoke_sweep_on_two_nodes_uses_both_and_resumes_on_both_after_requeue(
         time.sleep(0.2)
     slurm.run("scancel", "--signal=USR2", job.job_id)  # reaches both nodes' tasks
     assert len(finished) < 4, "the sweep finished before it could be preempted"
-    deadline = time.monotonic() + 300
-    while not job.done():  # through the requeue and the second run
-        assert time.monotonic() < deadline, f"the sweep did not finish\n{_job_log(job)[-3000:]}"
-        time.sleep(1)
-    summary = job.result()
-    log = _job_log(job)
-    assert summary == {
-        "study": "bitflip",
-        "scale": "smoke",
-        "planned": 4,
-        "started": 4,
-        "completed": 4,
-    }, log[-3000:]
-    assert f"Requeued job {job.job_id}" in log and f"sweep job {job.job_id} (run 1)" in log
+    log = _finish_after_requeue(job)
 
     # Both runs had a Ray cluster of two nodes of one CPU each, with distinct addresses (Ray
     # replaces the head's 127.0.0.1 by this machine's own address; the worker keeps 127.0.0.2).
