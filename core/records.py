@@ -107,6 +107,12 @@ def provenance(device: str | None = None) -> dict[str, Any]:
     }
 
 
+def checkpoint_paths(run_dir: str | Path) -> dict[int, Path]:
+    """The checkpoints of the record in `run_dir`, {step: path}, by increasing step (reads only)."""
+    paths = sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"))
+    return {int(p.stem.removeprefix("step-")): p for p in paths}
+
+
 class RunRecord:
     """The sink an experiment's `run(cfg, sink)` writes to (see the module docstring).
 
@@ -208,7 +214,7 @@ class RunRecord:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        for old in sorted(self.checkpoint_dir.glob("step-*.pt"))[: -self.keep_checkpoints]:
+        for old in list(checkpoint_paths(self.run_dir).values())[: -self.keep_checkpoints]:
             old.unlink()
 
     def load_checkpoint(self) -> tuple[int, dict] | None:
@@ -221,7 +227,7 @@ class RunRecord:
             tmp.unlink()
         for tmp in self.metrics_dir.glob("*.tmp"):
             tmp.unlink()
-        checkpoints = sorted(self.checkpoint_dir.glob("step-*.pt"))
+        checkpoints = list(checkpoint_paths(self.run_dir).values())
         if not checkpoints:
             self._discard_rows_after(-1)
             return None

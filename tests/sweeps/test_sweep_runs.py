@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from core.experiments import continual
 from core.experiments.overrides import apply_overrides
-from core.records import RunRecord, load_metrics
+from core.records import RunRecord, checkpoint_paths, load_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = ["run_id", "step", "split", "layer", "metric"]
@@ -213,10 +213,6 @@ def _trial_workers(driver_pid: int) -> list[int]:
     return workers
 
 
-def _checkpoint_steps(run_dir: Path) -> list[int]:
-    return sorted(int(p.stem.split("-")[1]) for p in run_dir.glob("checkpoints/step-*.pt"))
-
-
 @pytest.mark.slow
 def test_a_trial_whose_worker_dies_is_retried_from_its_own_checkpoint(tmp_path):
     """SIGKILL the worker processes running trials once a trial has a mid-run checkpoint: Tune
@@ -237,7 +233,7 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_own_checkpoint(tmp_path):
         while victim is None and time.time() < deadline:
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             for run, status in statuses(sweep_dir).items():
-                steps = _checkpoint_steps(sweep_dir / "runs" / run)
+                steps = list(checkpoint_paths(sweep_dir / "runs" / run))
                 if status == "running" and steps and steps[-1] < 18:  # 18: the last step
                     workers = _trial_workers(driver.pid)
                     for pid in workers:

@@ -1,6 +1,7 @@
 """Running an experiment for a test: in this process (`run_in_process`), or as a real
 `python -m core.experiments.<name>` process killed with SIGKILL once it has checkpointed past a
-given step (`run_and_kill`); and comparing run records (`comparable`)."""
+given step (`run_and_kill`); comparing run records (`comparable`); and the two together: a run
+killed and resumed against an uninterrupted one (`killed_and_resumed`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from types import ModuleType
 import pandas as pd
 
 from core.experiments.overrides import parse_overrides
-from core.records import RunRecord, load_metrics
+from core.records import RunRecord, checkpoint_paths, load_metrics
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -51,7 +52,7 @@ def run_and_kill(module: str, args: list[str], run_dir: Path, after_step: int) -
         )
         deadline = time.monotonic() + 300
         while True:
-            steps = [int(p.stem.split("-")[1]) for p in run_dir.glob("checkpoints/step-*.pt")]
+            steps = list(checkpoint_paths(run_dir))
             if steps and max(steps) >= after_step:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -71,3 +72,18 @@ def comparable(run_dir: Path) -> pd.DataFrame:
     duplicated = frame.duplicated(keys)
     assert not duplicated.any(), f"duplicated rows:\n{frame[duplicated]}"
     return frame.sort_values(keys).reset_index(drop=True)
+
+
+def killed_and_resumed(module: ModuleType, args: list[str], root: Path, kills: list[int]):
+    """Run `module` uninterrupted in `root/uninterrupted`, and in `root/killed` SIGKILLed once
+    past each step of `kills` and then finished; both must end with the same summary and exactly
+    the same rows. Returns those rows (`comparable`)."""
+    reference, _ = run_in_process(module, args, root / "uninterrupted")
+    for after in kills:
+        run_and_kill(module.__name__, args, root / "killed", after)
+    resumed, record = run_in_process(module, args, root / "killed")
+    assert record.status == "completed"
+    assert resumed == reference, f"kills after steps {kills}"
+    expected, got = comparable(root / "uninterrupted"), comparable(root / "killed")
+    pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=f"kills after {kills}")
+    return expected

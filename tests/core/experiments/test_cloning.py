@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pandas as pd
 import pytest
 
 from core.data import load_images
@@ -13,7 +12,7 @@ from core.experiments import cloning
 from core.experiments.training import evaluate
 from core.models import ModelConfig, build_model
 from core.records import load_metrics
-from tests.core.experiments.runs import TINY, comparable, run_and_kill, run_in_process
+from tests.core.experiments.runs import TINY, killed_and_resumed, run_in_process
 
 SMALL = TINY + [
     "model.hidden_sizes=8,8",
@@ -43,16 +42,9 @@ def test_killed_in_each_phase_and_resumed_equals_uninterrupted(tmp_path, one_thr
         "clone_dropout=0.1",
         "seed=5",
     ]
-    reference, _ = _run(args, tmp_path / "uninterrupted")
     draw = random.Random()
     kills = [draw.randrange(6, 34), draw.randrange(45, 110)]  # one per phase
-    for after in kills:
-        run_and_kill("core.experiments.cloning", args, tmp_path / "killed", after)
-    resumed, record = _run(args, tmp_path / "killed")
-    assert record.status == "completed"
-    assert resumed == reference, f"kills after steps {kills}"
-    expected, got = comparable(tmp_path / "uninterrupted"), comparable(tmp_path / "killed")
-    pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=f"kills after {kills}")
+    expected = killed_and_resumed(cloning, args, tmp_path, kills)
     # noise and clone dropout moved the clone off the manifold: the clone's own streams resumed
     assert _wide(expected, "manifold_distance")["clone_train"].iloc[-1] > 0
 

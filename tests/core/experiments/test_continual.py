@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from core.experiments import cli, continual
 from core.experiments.overrides import parse_overrides
 from core.models import ModelConfig, build_model
 from core.records import load_metrics
-from tests.core.experiments.runs import TINY, comparable, run_and_kill, run_in_process
+from tests.core.experiments.runs import TINY, killed_and_resumed, run_in_process
 
 SMALL = TINY + [
     "synthetic.classes=6",
@@ -43,16 +42,9 @@ def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, one_thread):
         "cbp.maturity=5",
         "seed=3",
     ]
-    reference, _ = _run(args, tmp_path / "uninterrupted")
     draw = random.Random()
     kills = sorted(draw.sample(range(20, 300, 15), 2))
-    for after in kills:
-        run_and_kill("core.experiments.continual", args, tmp_path / "killed", after)
-    resumed, record = _run(args, tmp_path / "killed")
-    assert record.status == "completed"
-    assert resumed == reference, f"kills after steps {kills}"
-    expected, got = comparable(tmp_path / "uninterrupted"), comparable(tmp_path / "killed")
-    pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=f"kills after {kills}")
+    expected = killed_and_resumed(continual, args, tmp_path, kills)
     replaced = expected[expected.metric == "cbp_replaced"].value.sum()
     assert replaced > 0  # CBP's state and random streams were part of what resumed
 
