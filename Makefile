@@ -1,4 +1,5 @@
 # Every entry point a user or CI needs. CI runs `make test` and nothing else.
+# `make install`: everything (core, analysis, sweeps, cluster, tests) in .venv, editable.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[sweeps,cluster,test]'
 	touch $@
 
 test: install
@@ -31,10 +32,11 @@ clean:
 SCALE ?= smoke
 BACKEND ?= local
 SWEEPS_OUT ?= sweeps_out
-SWEEP_FLAGS = --scale $(SCALE) --backend $(BACKEND) $(SWEEP_ARGS)
-# A local sweep ends by printing its aggregate table; a SLURM sweep returns once submitted.
+SWEEP_FLAGS = --scale $(SCALE) --sweep-dir $(SWEEPS_OUT)/$(1)-$(SCALE) $(SWEEP_ARGS)
+# A local sweep (python -m sweeps run) ends by printing its aggregate table; a SLURM sweep
+# (python -m cluster submit) returns once submitted.
 define sweep_and_aggregate
-	$(PY) -m sweeps run $(1) $(SWEEP_FLAGS) --sweep-dir $(SWEEPS_OUT)/$(1)-$(SCALE)
+	$(if $(filter slurm,$(BACKEND)),$(PY) -m cluster submit $(1) $(SWEEP_FLAGS),$(PY) -m sweeps run $(1) $(SWEEP_FLAGS))
 	$(if $(filter local,$(BACKEND)),$(PY) analysis/aggregate.py $(SWEEPS_OUT)/$(1)-$(SCALE))
 endef
 
@@ -63,6 +65,8 @@ bench: install
 	$(PY) benchmarks/bench_bitflip.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_diagnose.py --lanczos-steps 0
+	$(PY) benchmarks/bench_sweeps.py --scale bench200
 
 # Figures A.1-A.3 of the paper's theory, PNG and PDF (~40 s of CPU; docs/theory.md).
 .PHONY: figures-theory
@@ -72,9 +76,12 @@ figures-theory: install
 # The aggregate table and the figures of one sweep (docs/analysis.md); SWEEP_DIR defaults to the
 # smoke cloning-noise sweep that `make sweep-cloning` writes.
 SWEEP_DIR ?= $(SWEEPS_OUT)/cloning_noise-$(SCALE)
-.PHONY: aggregate figures
+.PHONY: aggregate figures report
 aggregate: install
 	$(PY) analysis/aggregate.py $(SWEEP_DIR) $(AGGREGATE_ARGS)
 
 figures: install
 	$(PY) -m analysis.figures $(SWEEP_DIR)
+
+report: install
+	$(PY) -m analysis.report $(SWEEP_DIR)

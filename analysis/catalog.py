@@ -1,20 +1,15 @@
-"""The metric names the analysis reads, in one place (the experiments' rows: docs/experiments.md
-and the docstrings of core/experiments/*.py; probe metric names: core/metrics/presets.py).
+"""The metric names and config keys the analysis reads, in one place (the experiments' rows:
+docs/experiments.md and the docstrings of core/experiments/*.py; probe metric names:
+core/metrics/presets.py).
 
-An experiment is recognised from its config keys. `DEFAULT_VALUE` is what `aggregate.py` reports
-without --metric/--split/--layer/--at: the last value of the run's main loss.
+A run's experiment is its record's "experiment" entry (the runs table's `experiment` column,
+analysis.runs). `DEFAULT_VALUE` is what `aggregate` reports without --metric/--split/--layer/--at:
+the last value of the run's main loss or accuracy.
 """
 
 from __future__ import annotations
 
 import pandas as pd
-
-# experiment -> a config key only its config has
-SIGNATURES = {
-    "cloning": "clone_optimizer.name",
-    "continual": "classes_per_task",
-    "bitflip": "flip_period",
-}
 
 # experiment -> (split, layer, metric, at) of the default table
 DEFAULT_VALUE = {
@@ -42,21 +37,22 @@ UNIT_METRICS = {
 UNIT_SPLIT = {"continual": "train", "cloning": "clone_train", "bitflip": "probe"}
 
 CLONING_SCORE = ("clone_train", "", "r2_mean")  # mean of the layers' forward/backward R^2
-MANIFOLD_DISTANCE = ("clone_train", "", "manifold_distance")
 BITFLIP_SWITCH_METHOD = "sgd_then_cbp"  # the method whose switch Fig. B.1 shows
 
-# config keys of the model and norm axes (continual and cloning)
-MODEL_KEYS = ("model.arch", "model.norm")
+# bit-flip member config keys (core/experiments/bitflip.py): the method axis, the learner width,
+# the SGD -> CBP switch step (None: half the steps) and the steps per member
+BITFLIP_METHOD = "method"
+BITFLIP_WIDTH = "width"
+BITFLIP_SWITCH_STEP = "switch_step"
+BITFLIP_STEPS = "steps"
 
 
 def experiment_of(runs: pd.DataFrame) -> str:
-    """The experiment whose runs `runs` holds; raises if none or several."""
-    found = [
-        name for name, key in SIGNATURES.items() if key in runs.columns and runs[key].notna().any()
-    ]
+    """The one experiment whose runs `runs` holds (the `experiment` column); raises if several."""
+    found = sorted(runs["experiment"].dropna().unique())
     if len(found) != 1:
         raise ValueError(
-            f"cannot tell the experiment from the config keys (found {found or 'none'}); "
-            "give --metric, --split and --layer explicitly"
+            f"the runs hold {len(found)} experiments ({', '.join(found) or 'none'}); choose one "
+            f"with --where experiment=NAME"
         )
-    return found[0]
+    return str(found[0])

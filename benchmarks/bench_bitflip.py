@@ -4,7 +4,7 @@
 
 Prints examples/s of one plain eager run (nn.Module + autograd + torch.optim.SGD, and with
 `ContinualBackprop`) and the aggregate member-examples/s of the ensemble with 64 and 256 members
-(`core.experiments.bitflip_ensemble.BitFlipEnsemble`), for SGD and for CBP (the paper's settings:
+(`core.experiments.bitflip_engines.BitFlipEnsemble`), for SGD and for CBP (the paper's settings:
 width 5, relu, lr 0.01, CBP rate 1e-4, maturity 100, CBP from step 0), next to the issue's targets
 on a 2-core CPU: SGD ensemble >= 400,000, CBP ensemble >= 120,000 member-examples/s. Data
 generation is included in every figure; metrics and records are not.

@@ -20,6 +20,15 @@ training and 1,000 test images, base and clone side by side, both counted once p
     python benchmarks/bench_training.py --threads 1 --clock process     # CPU: mlp, ~10 minutes
     python benchmarks/bench_training.py --archs mlp cnn resnet vit --shape 3,64,64   # on a GPU
 
+    python benchmarks/bench_training.py --costs --archs mlp cnn      # the sweeps' cost table
+
+`--costs` measures instead the seconds per training step of each experiment phase and
+architecture at the paper studies' input shapes and batch (cloning: CIFAR-10's 3x32x32, base
+alone and base + clone; continual: Tiny ImageNet's 3x64x64; bit flip: member-steps of a 70-member
+ensemble per width and method) with the real experiment loop at two short lengths, and writes them
+into sweeps/costs.json for this machine's device kind (`cpu`: one thread and the process clock,
+core-seconds; a GPU: its model, e.g. `a100`), which `python -m sweeps plan` reads (sweeps.costs).
+
 One line per experiment and architecture: images/s of the loop, of the loop with the probe only
 at task or phase ends (separating the probe's share from the loop's), and of the bare loop, each
 the median of `--repeats` rounds; a round times all three back to back, so that a change of load
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -42,11 +52,15 @@ import torch.nn.functional as F
 
 from core.cloning import expand
 from core.data import BatchOrder, ImageData, SyntheticSpec, load_images
-from core.experiments import cloning, continual
-from core.experiments.overrides import parse_overrides
-from core.experiments.training import ModelSpec, model_config, resolve_device
+from core.experiments import bitflip, cloning, continual
 from core.models import build_model
-from core.records import RunRecord
+from core.run.config import parse_overrides
+from core.run.lifecycle import resolve_device
+from core.run.record import RunRecord
+from core.run.seeds import seed_for
+from core.run.specs import ModelSpec
+from sweeps.costs import COSTS_FILE, write_costs
+from sweeps.target import gpu_kind
 
 # experiment -> (classes, training and evaluation images per class, run lengths in epochs, the
 # length key); each pair of lengths differs by whole probe intervals (5 epochs)
@@ -144,8 +158,103 @@ def bare_rate(models, data: ImageData, masked: bool, batch: int, epochs: int, de
     return epochs * n / (clock() - start)
 
 
+# --costs: (experiment, phase) -> (synthetic shape, the two lengths' overrides); each shorter and
+# longer run differ by `extra` training steps of that phase only
+COST_RUNS = {
+    ("cloning", "base"): ((3, 32, 10, 64), ("base_epochs=1", "base_epochs=6"), 25),
+    ("cloning", "clone"): ((3, 32, 10, 64), ("clone_epochs=1", "clone_epochs=4"), 15),
+    ("continual", "train"): ((3, 64, 5, 128), ("task_length=2", "task_length=8"), 6),
+}
+BITFLIP_WIDTHS = (5, 10, 50, 100)
+BITFLIP_METHODS = ("sgd", "sgd_then_cbp", "cbp")
+BITFLIP_MEMBERS = 70
+
+
+def cost_entries(archs, batch: int, device, clock) -> list[dict]:
+    """Seconds per training step of each cost-table key (module docstring), one run pair each."""
+    entries = []
+    for (name, phase), ((c, size, classes, per_class), lengths, extra) in COST_RUNS.items():
+        module = cloning if name == "cloning" else continual
+        for arch in archs:
+            args = [
+                "dataset=synthetic",
+                f"synthetic.channels={c}",
+                f"synthetic.size={size}",
+                f"synthetic.classes={classes}",
+                f"synthetic.train_per_class={per_class}",
+                "synthetic.test_per_class=2",
+                f"batch_size={batch}",
+                f"device={device}",
+                f"model.arch={arch}",
+                "probe_every=100000",
+                "probe_size=10",
+                "checkpoint_every=100000",
+            ]
+            if name == "cloning":
+                args += ["clone_epochs=1"] if phase == "base" else ["base_epochs=0"]
+            else:
+                args += [f"classes_per_task={classes}", "num_tasks=1", "task_unit=steps"]
+            _timed_run(module, [*args, lengths[0]], device, clock)  # warm-up: one-time costs
+            short, long = (_timed_run(module, [*args, n], device, clock) for n in lengths)
+            entries.append(
+                {
+                    "experiment": name,
+                    "phase": phase,
+                    "arch": arch,
+                    "shape": f"{c}x{size}x{size}",
+                    "batch": batch,
+                    "seconds_per_step": max(long - short, 0.0) / extra,
+                }
+            )
+            print(f"{name:9s} {phase:5s} {arch:6s} {entries[-1]['seconds_per_step']:.4f} s/step")
+    if device.type != "cpu":
+        return entries  # bit flip runs on CPUs only
+    seeds = ",".join(map(str, range(BITFLIP_MEMBERS)))
+    for width in BITFLIP_WIDTHS:
+        for method in BITFLIP_METHODS:
+            args = [f"width={width}", f"method={method}", f"seed={seeds}"]
+            # sgd_then_cbp switches at half the steps in both runs: their difference is half each
+            args += ["metrics_every=10000", "checkpoint_every=1000000"]
+            _, short, long = (  # the first: a warm-up
+                _timed_run(bitflip, [*args, f"steps={n}"], device, clock)
+                for n in (10000, 10000, 30000)
+            )
+            member_steps = 20000 * BITFLIP_MEMBERS
+            entries.append(
+                {
+                    "experiment": "bitflip",
+                    "phase": "member",
+                    "arch": f"width{width}",
+                    "shape": method,
+                    "batch": BITFLIP_MEMBERS,
+                    "seconds_per_step": max(long - short, 0.0) / member_steps,
+                }
+            )
+            print(f"bitflip width {width:3d} {method:12s} {entries[-1]['seconds_per_step']:.3g} s")
+    return entries
+
+
+def write_cost_table(archs, batch: int, device, clock) -> None:
+    entries = cost_entries(archs, batch, device, clock)
+    if device.type == "cuda":
+        kind = gpu_kind(torch.cuda.get_device_name(device))
+        machine = {"gpu": torch.cuda.get_device_name(device), "clock": "wall"}
+    else:
+        kind = "cpu"
+        machine = {"cpu": platform.processor() or platform.machine(), "threads": 1}
+        machine["clock"] = "process"
+    machine.update(
+        host=platform.node(), measured=time.strftime("%Y-%m-%d"), torch=torch.__version__
+    )
+    write_costs(kind, machine, entries)
+    print(f"written: {COSTS_FILE} ({kind}, {len(entries)} figures)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--costs", action="store_true", help="measure and write the sweeps' cost table"
+    )
     parser.add_argument("--archs", nargs="+", default=["mlp"], help="mlp cnn resnet vit")
     parser.add_argument("--experiments", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--shape", default="3,32,32", help="C,H,W of the synthetic images")
@@ -163,6 +272,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.costs:
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # core-seconds, on the process clock
+        clock = time.process_time if device.type == "cpu" else time.perf_counter
+        write_cost_table(args.archs, args.batch, device, clock)
+        return
     clock = time.process_time if args.clock == "process" else time.perf_counter
     channels, size, _ = (int(v) for v in args.shape.split(","))
     load = "/".join(f"{v:.1f}" for v in os.getloadavg())
@@ -186,7 +301,8 @@ def main() -> None:
                 f"device={device}",
                 f"model.arch={arch}",
             ]
-            base = build_model(model_config(ModelSpec(arch=arch), data), seed=0).to(device)
+            model_cfg = ModelSpec(arch=arch).model_config(data.shape, data.num_classes)
+            base = build_model(model_cfg, seed=seed_for(0, "init")).to(device)
             if name == "continual":
                 module, models = continual, [base]
                 run_args += [f"classes_per_task={classes}", "num_tasks=1"]

@@ -1,21 +1,22 @@
 """The sweep job: what runs inside the SLURM allocation (submitit calls it once per node).
 
-    SweepJob()(study, scale, sweep_dir)
+    SweepJob()(study, scale, sweep_dir, extend=False, config=("key=value", ...))
 
 Node 0 starts the Ray head, waits for every node, prints the Ray cluster's nodes (address,
 CPUs, GPUs) and the ssh tunnel command of the dashboard, and runs the Tune driver
 (`sweeps.driver.run_sweep(..., ray_address=...)`) in a child process; nodes 1..N-1 run a Ray
-worker until the head is gone. The return value (node 0) is the sweep's summary: counts of run
-records by status.
+worker until the head is gone. The return value (node 0) is the sweep's summary: its points by
+status (sweeps.driver.summarize). A sweep that ends with failed or unfinished points fails the
+job, its error naming them; so does a driver that finds the sweep directory held by another.
 
 Preemption and time limits. SLURM sends USR2 (`scancel --signal=USR2`, or `signal_delay_s`
 before the time limit). submitit's handler in this process calls `checkpoint()`, which
 interrupts the driver with SIGUSR1 (Tune's own graceful stop: it saves the experiment state one
-last time, so every trial that finished is recorded as finished), stops the Ray processes by PID,
-and returns a fresh `SweepJob` with the same arguments; submitit then requeues the job. The
-rerun restores the sweep with `Tuner.restore`: finished trials are not run again, interrupted ones
-continue from their run records' checkpoints. The driver and Ray ignore USR2 themselves (SLURM
-signals every process of the step); only this process acts on it.
+last time), stops the Ray processes by PID, and returns a fresh `SweepJob` with the same
+arguments; submitit then requeues the job. The rerun runs the sweep's unfinished points again:
+finished points are not run again (their records say so), interrupted ones continue from their
+run records' checkpoints. The driver and Ray ignore USR2 themselves (SLURM signals every
+process of the step); only this process acts on it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ class SweepJob(Checkpointable):
     _driver: subprocess.Popen | None = None
     _head: RayNode | None = None
 
-    def __call__(self, study: str, scale: str, sweep_dir: str) -> dict | None:
+    def __call__(
+        self,
+        study: str,
+        scale: str,
+        sweep_dir: str,
+        extend: bool = False,
+        config: tuple[str, ...] = (),
+    ) -> dict | None:
         job_env = submitit.JobEnvironment()
         allocation = Allocation.from_env(job_env.hostnames)
         log_dir = Path(job_env.paths.folder)
@@ -76,7 +84,9 @@ class SweepJob(Checkpointable):
                 f"{log_dir / TOKEN_FILE}",
                 flush=True,
             )
-            summary = self._run_driver(study, scale, sweep_dir, allocation, log_dir, env)
+            summary = self._run_driver(
+                study, scale, sweep_dir, extend, config, allocation, log_dir, env
+            )
             finished = True
             return summary
         finally:
@@ -87,6 +97,8 @@ class SweepJob(Checkpointable):
         study: str,
         scale: str,
         sweep_dir: str,
+        extend: bool,
+        config: tuple[str, ...],
         allocation: Allocation,
         log_dir: Path,
         env: dict[str, str],
@@ -94,7 +106,9 @@ class SweepJob(Checkpointable):
         summary = log_dir / f"{allocation.job_id}_{allocation.restart}_summary.json"
         self._driver = subprocess.Popen(
             [sys.executable, "-m", "cluster.tune_driver", study, scale, sweep_dir]
-            + ["--ray-address", self._head.address, "--summary", str(summary)],
+            + ["--ray-address", self._head.address, "--summary", str(summary)]
+            + (["--extend"] if extend else [])
+            + list(config),
             env=env,
             preexec_fn=ignore_usr2,
         )
@@ -105,6 +119,13 @@ class SweepJob(Checkpointable):
             if not self._head.alive:
                 raise self._head.failure("exited during the sweep")
             time.sleep(1)
+        if self._driver.returncode == 1 and summary.exists():  # the sweep ran; points failed
+            failures = json.loads(summary.read_text())["failures"]
+            raise RuntimeError(
+                f"{len(failures)} points of the sweep did not finish: "
+                + "; ".join(f"{f['point']} {f['values']}: {f['reason']}" for f in failures[:10])
+                + f" (all in {summary}). Submitting the same sweep again retries them."
+            )
         if self._driver.returncode != 0 or not summary.exists():
             paths = submitit.JobEnvironment().paths
             raise RuntimeError(
@@ -115,7 +136,14 @@ class SweepJob(Checkpointable):
             )
         return json.loads(summary.read_text())
 
-    def checkpoint(self, study: str, scale: str, sweep_dir: str) -> DelayedSubmission:
+    def checkpoint(
+        self,
+        study: str,
+        scale: str,
+        sweep_dir: str,
+        extend: bool = False,
+        config: tuple[str, ...] = (),
+    ) -> DelayedSubmission:
         """Called by submitit on USR2: stop the driver gracefully, stop Ray, requeue afresh."""
         driver = self._driver
         if driver is not None and driver.returncode is None:
@@ -128,7 +156,7 @@ class SweepJob(Checkpointable):
                 print("the driver did not stop in time: killing it", flush=True)
                 driver.kill()
         self._stop(remove_temp_dir=True)
-        return DelayedSubmission(SweepJob(), study, scale, sweep_dir)
+        return DelayedSubmission(SweepJob(), study, scale, sweep_dir, extend, config)
 
     def _stop(self, remove_temp_dir: bool) -> None:
         """Stop this run's driver and Ray processes by PID (once: later calls do nothing)."""

@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeps.local_ray import NO_PORT
+
 PORT_BASE = 20000  # ports PORT_BASE .. PORT_BASE + 9999, below Linux's ephemeral range
 PORT_SLOTS = 500  # jobs whose ids differ by a multiple of this share ports: not on one node
 PORTS_PER_JOB = 20
@@ -175,6 +177,10 @@ def ray_environment(token_file: Path) -> dict[str, str]:
         # Ray drains a node on SIGTERM (up to 30 s) for Ray Serve's sake; a sweep has nothing to
         # drain, and a worker whose head is gone would wait out the whole timeout.
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        # Ray's two Prometheus exporters listen on fixed ports (44217, 44227) of all interfaces
+        # without the token and cannot be switched off: an invalid port keeps them from starting.
+        "AUTOSCALER_METRIC_PORT": NO_PORT,
+        "DASHBOARD_METRIC_PORT": NO_PORT,
     }
 
 

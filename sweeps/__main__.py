@@ -1,9 +1,19 @@
-"""`python -m sweeps run|resume|status|list [STUDY] --scale S --backend local|slurm`.
+"""`python -m sweeps run|resume|status|list|mlflow-sync ...`: the paper's studies on local Ray.
 
-run      start the sweep, or finish it if the sweep directory already holds it
-resume   finish an interrupted sweep (refuses when there is nothing to resume)
-status   counts of the sweep's run records by status
-list     the studies, their scales and their number of trials
+plan STUDY [KEY=VALUE...]   the pre-flight, the grid points, axes, resources and the cost
+                           (device-hours, wall time) on the target; runs nothing
+run STUDY [KEY=VALUE...]    run the sweep's unfinished points (start, resume, retry failed points)
+resume STUDY [KEY=VALUE...] the same, refusing when the sweep directory holds no sweep yet
+status SWEEP_DIR|STUDY     the sweep's points by status (per grid axis too), each failed point
+                           with its reason, each running point with its step and ETA
+list               the studies, their scales and their number of grid points
+mlflow-sync DIR    bring the sweep's MLflow mirror up to date with its run records
+reset DIR POINT..  delete grid points' records and MLflow runs: the next run starts them afresh
+
+Exit status: 0 every point finished (completed or diverged); 1 some point failed or is
+unfinished (the summary says which and why); 2 a usage error (bad study, scale, key or value,
+missing data, a changed grid without --extend); 3 another driver holds the sweep directory.
+On SLURM, `python -m cluster submit STUDY ...` submits the same sweep (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -13,66 +23,232 @@ import json
 import sys
 from pathlib import Path
 
-from sweeps.configs import count_grid
-from sweeps.driver import TUNE_DIR, default_sweep_dir, resolved_space, run_sweep, sweep_status
+from sweeps.configs import count_grid, is_grid
+from sweeps.driver import (
+    MANIFEST,
+    default_sweep_dir,
+    exit_code,
+    load_study,
+    parse_config_overrides,
+    plan,
+    point_configs,
+    reset_points,
+    resolved_space,
+    run_sweep,
+    summarize,
+)
+from sweeps.lock import SweepLock, SweepLocked
 from sweeps.studies import STUDIES, get_study
+
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "resume", "status", "list"])
-    parser.add_argument("study", nargs="?", choices=STUDIES)
-    parser.add_argument("--scale", default="smoke", help="smoke (default) or paper")
-    parser.add_argument("--backend", default="local", choices=["local", "slurm"])
-    parser.add_argument("--sweep-dir", type=Path, help="default: sweeps_out/<study>-<scale>")
-    parser.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
-    parser.add_argument("--profile", default="a100", help="SLURM resource profile (cluster/)")
-    parser.add_argument("--nodes", type=int, default=1, help="SLURM nodes for the Ray cluster")
-    parser.add_argument("--dry-run", action="store_true", help="SLURM: print the sbatch script")
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeps",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("plan", "run", "resume", "status"):
+        sub = commands.add_parser(name)
+        sub.add_argument(
+            "study",
+            help=f"{', '.join(STUDIES)} (or a study's module path: sweeps.loadtest)"
+            + ("; or the sweep directory" if name == "status" else ""),
+        )
+        sub.add_argument("--scale", default="smoke", help="smoke (default), paper, ...")
+        if name != "plan":
+            sub.add_argument(
+                "--sweep-dir", type=Path, help="default: sweeps_out/<study>-<scale>[-<overrides>]"
+            )
+        if name in ("plan", "run", "resume"):
+            sub.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+        if name == "plan":
+            sub.add_argument("--backend", choices=("local", "slurm"), default="local")
+            sub.add_argument(
+                "--profile", help="SLURM profile (default: a100, or cpu for CPU studies)"
+            )
+            sub.add_argument("--nodes", type=int, default=1, help="SLURM nodes")
+            sub.add_argument(
+                "--costs", type=Path, help="the cost table (default: sweeps/costs.json)"
+            )
+            sub.add_argument(
+                "--slurm",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="SLURM knob, as for python -m cluster submit (partition=gpu, time=4:00:00)",
+            )
+        if name in ("run", "resume"):
+            sub.add_argument("--no-dashboard", action="store_true", help="no Ray dashboard")
+            sub.add_argument(
+                "--extend",
+                action="store_true",
+                help="accept a space that adds points (seeds, values) to the one on record",
+            )
+            sub.add_argument(
+                "--only",
+                action="append",
+                default=[],
+                metavar="KEY=V1[,V2]",
+                help="run only the points with one of these values of KEY (repeatable: all hold)",
+            )
+    commands.add_parser("list")
+    sync = commands.add_parser("mlflow-sync")
+    sync.add_argument("sweep_dir", type=Path)
+    reset = commands.add_parser("reset")
+    reset.add_argument("sweep_dir", type=Path)
+    reset.add_argument("points", nargs="+", help="point ids (sweep.json, `status`)")
     return parser
 
 
+def _print_summary(summary: dict) -> None:
+    print(json.dumps(summary, indent=2))
+    for failure in summary["failures"]:
+        values = ", ".join(f"{k}={v}" for k, v in failure["values"].items())
+        print(
+            f"{failure['status']}: point {failure['point']} ({values}): {failure['reason']}",
+            file=sys.stderr,
+        )
+
+
+def _only(items: list[str]) -> dict[str, list[str]]:
+    only: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--only {item!r}: expected KEY=VALUE[,VALUE...]")
+        only.setdefault(key, []).extend(values.split(","))
+    return only
+
+
+def _print_plan(args: argparse.Namespace, overrides: dict) -> None:
+    """The pre-flight (configs, data, resources on the target) and the plan with its cost."""
+    from sweeps.costs import COSTS_FILE, describe, estimate, load_costs, trial_work
+    from sweeps.profiles import profile_fields
+    from sweeps.target import check_resources, local_target, slurm_target
+
+    study, scale = args.study, args.scale
+    module = load_study(study)
+    resources = module.resources(scale)
+    if args.backend == "slurm":
+        # the profile's fields shape the plan; `python -m cluster submit` checks the other keys
+        fields, _ = profile_fields(args.slurm)
+        profile = args.profile or ("a100" if resources.get("gpu") else "cpu")
+        target = slurm_target(profile, args.nodes, fields)
+    else:
+        target = local_target(args.num_cpus)
+    check_resources(resources, target, f"study {study} (scale {scale})")
+    # the pre-flight: every point's config; the data (where it will be read: a local sweep)
+    points = plan(study, scale, prepare_data=args.backend == "local", overrides=overrides)
+    space = resolved_space(study, scale, overrides)
+    data = "data ready" if args.backend == "local" else "data not checked (read on the cluster)"
+    print(f"{study} (scale {scale}): {len(points)} grid points, each config valid, {data}")
+    for key, value in space.items():
+        if is_grid(value):
+            print(f"  {key}: {', '.join(map(str, value['grid_search']))}")
+    for key, value in overrides.items():
+        print(f"  {key} = {value} (override)")
+    print(
+        f"  per point: {resources}; target: {target.name} ({target.device}, "
+        f"{target.cpus_per_node} CPUs, {target.gpus_per_node} GPUs per node)"
+    )
+    experiment = module.EXPERIMENT
+    works = {p: trial_work(experiment, cfg) for p, cfg in point_configs(study, points).items()}
+    table = load_costs(args.costs or COSTS_FILE)
+    for line in describe(estimate(works, target.device, target.devices, table)):
+        print(line)
+
+
+def _args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options, and the `KEY=VALUE` config overrides given anywhere after the study."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    unknown = [t for t in rest if t.startswith("-") or "=" not in t]
+    if unknown or (rest and args.command not in ("plan", "run", "resume")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
+    return args, rest
+
+
+def _status_dir(args: argparse.Namespace) -> Path:
+    if args.sweep_dir is not None:
+        return args.sweep_dir
+    given = Path(args.study)
+    if (given / MANIFEST).exists() or given.is_dir():
+        return given
+    return default_sweep_dir(args.study, args.scale)
+
+
+def _print_running(summary: dict) -> None:
+    for entry in summary["running_points"]:
+        values = ", ".join(f"{k}={v}" for k, v in entry["values"].items())
+        total = f"/{entry['total']:,}" if entry["total"] else ""
+        eta = "ETA unknown" if entry["eta_s"] is None else f"ETA {entry['eta_s'] / 60:.1f} min"
+        print(f"running: point {entry['point']} ({values}): step {entry['step']:,}{total}, {eta}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, override_items = _args(argv)
     if args.command == "list":
         for name in STUDIES:
             study = get_study(name)
             counts = ", ".join(f"{s}: {count_grid(resolved_space(name, s))}" for s in study.SCALES)
-            print(f"{name:16s} experiment={study.EXPERIMENT:10s} trials by scale: {counts}")
+            print(f"{name:16s} experiment={study.EXPERIMENT:10s} points by scale: {counts}")
         return 0
-    if args.study is None:
-        print(f"error: {args.command} needs a study: {', '.join(STUDIES)}", file=sys.stderr)
-        return 2
-    sweep_dir = args.sweep_dir or default_sweep_dir(args.study, args.scale)
-    if args.command == "status":
-        print(json.dumps(sweep_status(sweep_dir), indent=2))
-        return 0
-    if args.command == "resume" and not (sweep_dir / TUNE_DIR).exists():
-        print(f"error: nothing to resume in {sweep_dir}; use `run`", file=sys.stderr)
-        return 2
-    if args.backend == "slurm":
-        from cluster import submit_sweep
+    if args.command == "mlflow-sync":
+        from sweeps.mirror import Mirror
 
-        job = submit_sweep(
-            args.study,
-            args.scale,
-            sweep_dir,
-            profile=args.profile,
-            nodes=args.nodes,
-            dry_run=args.dry_run,
-        )
+        with SweepLock(args.sweep_dir, "mlflow-sync"):
+            mirror = Mirror(args.sweep_dir)
+            written = mirror.sync()
         print(
-            job if args.dry_run else f"submitted SLURM job {job.job_id}; logs: {job.paths.stdout}"
+            f"MLflow {mirror.uri}, experiment {mirror.experiment_name}: {written['rows']} rows "
+            f"of {written['runs']} runs written"
         )
         return 0
-    summary = run_sweep(args.study, args.scale, sweep_dir, dashboard=not args.no_dashboard)
-    print(json.dumps(summary, indent=2))
-    return 0
+    if args.command == "reset":
+        reset_points(args.sweep_dir, args.points)
+        print(f"reset {len(args.points)} points of {args.sweep_dir}: the next run starts them")
+        return 0
+    if args.command == "status":
+        from sweeps.lock import held_by
+
+        sweep_dir = _status_dir(args)
+        summary = summarize(sweep_dir, live=held_by(sweep_dir) is not None)
+        _print_summary(summary)
+        _print_running(summary)
+        return 0
+    overrides = parse_config_overrides(args.study, args.scale, override_items)
+    if args.command == "plan":
+        _print_plan(args, overrides)
+        return 0
+    sweep_dir = args.sweep_dir or default_sweep_dir(args.study, args.scale, overrides)
+    if args.command == "resume" and not (sweep_dir / MANIFEST).exists():
+        print(f"error: nothing to resume in {sweep_dir}; use `run`", file=sys.stderr)
+        return EXIT_USAGE
+    summary = run_sweep(
+        args.study,
+        args.scale,
+        sweep_dir,
+        dashboard=not args.no_dashboard,
+        extend=args.extend,
+        num_cpus=args.num_cpus,
+        only=_only(args.only),
+        overrides=overrides,
+    )
+    _print_summary(summary)
+    return exit_code(summary)
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:  # bad study, scale, key, profile or sweep dir
+    except SweepLocked as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_LOCKED)
+    except (ValueError, FileNotFoundError) as err:  # bad study, scale, key, value, data, grid
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

@@ -1,4 +1,4 @@
-"""Width expansion onto the cloning manifold (paper §2, §A.3-A.4; paper_spec §4)."""
+"""Width expansion onto the cloning manifold (paper §2, §A.3-A.4, §B.1.2; docs/cloning.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Geometry of the cloning manifold of a cloned model (paper §A.3, paper_spec §4.5-4.6, §8.6).
+"""Geometry of the cloning manifold of a cloned model (paper §A.3, §A.5; docs/cloning.md).
 
 For a model with `clone_factor` E > 1, the block-constant (BC) set holds every parameter whose
 entries are constant on each block (clones of one base entry, per `root_layouts`). Its tangent
@@ -85,15 +85,18 @@ def manifold_distance(model: nn.Module) -> float:
 def equitable_perturbation(model: nn.Module, scale: float, generator: torch.Generator) -> nn.Module:
     """A copy of `model` moved off the block-constant set but kept on an equitable manifold.
 
-    For every weight whose output and input axes are both widened (hidden -> hidden blocks of
-    E_out x E_in clones, per kernel position for convolutions), adds T = scale * (R - row means -
-    column means + block mean) with R ~ N(0, 1) entrywise: every block of T has zero row and column
-    sums, so forward values and back-propagated errors stay exactly cloned (Theorem 2.1 with
-    row/column-sum equitability) while the parameters leave the block-constant set. Input and
-    output weights have 1 x E blocks and admit no such direction. Exact in exact arithmetic; the
-    paper_spec §4.6 finds rounding errors then grow exponentially in float32, so study it in
-    float64.
+    For every weight W whose output and input axes are both widened (hidden -> hidden blocks of
+    E_out x E_in clones, per kernel position for convolutions), adds T = scale * ||W|| * D / ||D||
+    with D = R - row means - column means + block mean of R ~ N(0, 1) entrywise (Frobenius norms
+    of the whole tensor): every block of T has zero row and column sums, so forward values and
+    back-propagated errors stay exactly cloned (Theorem 2.1 with row/column-sum equitability)
+    while the parameters leave the block-constant set, each tensor by `scale` times its own norm
+    (a weight that is zero stays zero). Input and output weights have 1 x E blocks and admit no
+    such direction. Exact in exact arithmetic; in float32 the rounding errors of such a clone
+    grow exponentially under training (docs/cloning.md), so study it in float64.
     """
+    if not scale >= 0:
+        raise ValueError(f"scale must be >= 0 (relative to each tensor's norm), got {scale}")
     layouts = root_layouts(model.cfg)
     out = copy.deepcopy(model)
     with torch.no_grad():
@@ -106,7 +109,21 @@ def equitable_perturbation(model: nn.Module, scale: float, generator: torch.Gene
             rows = _group_mean(r, 1, layout.src[1])  # mean over the block's inputs, per row
             cols = _group_mean(r, 0, layout.src[0])  # mean over the block's outputs, per column
             both = _group_mean(rows, 0, layout.src[0])
-            p.add_(scale * (r - rows - cols + both))
+            direction = r - rows - cols + both
+            p.add_(direction * (scale * p.norm() / direction.norm()))
+    return out
+
+
+def _factors(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Per parameter (s, c): s the input expansion of the clone entry w' = w / s (1 for
+    non-weights and input weights), c = s / E^k the factor by which a gradient entry on the
+    manifold is the base gradient (k the tensor's widened axes)."""
+    factor = model.cfg.clone_factor
+    layouts = root_layouts(model.cfg)
+    out = {}
+    for name, _ in model.named_parameters():
+        layout = layouts[name]
+        out[name] = (layout.scale, layout.scale / factor ** len(layout.widened_dims))
     return out
 
 
@@ -114,27 +131,50 @@ def lr_multipliers(model: nn.Module) -> dict[str, float]:
     """Per-tensor learning-rate multipliers under which SGD on the clone tracks SGD on its root.
 
     A clone entry is w / s (s the input expansion of a weight, 1 otherwise), copied over the E^k
-    entries of its block (k widened axes). On the manifold each entry's gradient is s / E^k times
-    the base gradient, so a clone step moves the base coordinate w = s * w' by s^2 / E^k times the
-    base step unless the step is multiplied by m = E^k / s^2. For SGD: hidden -> hidden weights
-    m = 1, first-layer weights and every per-unit vector (biases, norm affine parameters, ViT
-    tokens) m = E, the output weights m = 1/E (paper_spec §4.5). Momentum SGD tracks too (it is
-    linear); Adam does not.
+    entries of its block (k widened axes). On the manifold each entry's gradient is c = s / E^k
+    times the base gradient, so a clone step moves the base coordinate w = s * w' by s c times
+    the base step unless the step is multiplied by m = 1 / (s c) = E^k / s^2: hidden -> hidden
+    weights m = 1, first-layer weights and every per-unit vector (biases, norm affine
+    parameters, ViT tokens) m = E, the output weights m = 1/E. Momentum SGD tracks too (it is
+    linear). With weight decay (coupled L2, lambda w added to the gradient) tracking also needs
+    lambda / m per tensor; `param_groups` sets both. Adam needs its own rule (`param_groups`,
+    rule="adam").
     """
-    factor = model.cfg.clone_factor
-    layouts = root_layouts(model.cfg)
-    multipliers = {}
-    for name, _ in model.named_parameters():
-        layout = layouts[name]
-        k = len(layout.widened_dims)
-        multipliers[name] = factor**k / layout.scale**2
-    return multipliers
+    return {name: 1.0 / (s * c) for name, (s, c) in _factors(model).items()}
 
 
-def param_groups(model: nn.Module, lr: float) -> list[dict]:
-    """torch.optim parameter groups with `lr * lr_multipliers(model)[name]` per tensor."""
-    multipliers = lr_multipliers(model)
-    groups: dict[float, list] = {}
+RULES = ("sgd", "adam")
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    *,
+    rule: str = "sgd",
+    weight_decay: float | None = None,
+    eps: float = 1e-8,
+) -> list[dict]:
+    """torch.optim parameter groups under which the optimizer on the clone tracks its root.
+
+    Per tensor, with s the input expansion and c = s / E^k the gradient factor (see
+    `lr_multipliers`): `rule="sgd"` (SGD, momentum, noise-free) lr * m with m = 1 / (s c);
+    `rule="adam"` (Adam, torch semantics) lr / s and eps * c: Adam's moments see c g, so
+    m / (sqrt(v) + eps) is unchanged when eps scales by c, and the step lr' * that moves
+    w = s w' by s lr', hence lr' = lr / s. With `weight_decay` lambda both set lambda / m (coupled
+    L2: the clone's decay term lambda' w' must be c times the base's lambda w, and w' = w / s);
+    without it the groups leave weight decay to the optimizer (which then does not track).
+    `eps` is the base optimizer's Adam eps. Pass the groups to an optimizer built with the same
+    betas/momentum as the base's.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+    groups: dict[tuple[float, ...], list] = {}
+    factors = _factors(model)
     for name, p in model.named_parameters():
-        groups.setdefault(multipliers[name], []).append(p)
-    return [{"params": ps, "lr": lr * m} for m, ps in groups.items()]
+        s, c = factors[name]
+        m = 1.0 / (s * c)
+        options = {"lr": lr * m} if rule == "sgd" else {"lr": lr / s, "eps": eps * c}
+        if weight_decay is not None:
+            options["weight_decay"] = weight_decay / m
+        groups.setdefault(tuple(options.items()), []).append(p)
+    return [{"params": ps, **dict(key)} for key, ps in groups.items()]

@@ -1,10 +1,14 @@
 """Image datasets as uint8 tensors: CIFAR-10, CIFAR-100, MNIST, Tiny ImageNet and `synthetic`.
 
-Files live under the data root: the `root` argument, else `$LOP_DATA`, else `./data`. A dataset
-missing there is downloaded when `download` is true (CIFAR and MNIST through torchvision, Tiny
-ImageNet by `core.data.tiny_imagenet.fetch`, from `$LOP_TINY_IMAGENET_URL` when set); when it is
-missing and cannot be fetched, `load_images` raises FileNotFoundError saying which files to put
-where.
+Files live under the data root: the `root` argument, else `$LOP_DATA`, else `./data`. The data
+root is only read, so it may be read-only shared storage; decoded caches go to `$LOP_CACHE`
+(default `~/.cache/lop`, see `core.data.cache`). `prepare_dataset(name, root, download)` makes a
+dataset ready to load: it checks the files, fetches a missing dataset when `download` is true
+(CIFAR and MNIST through torchvision, Tiny ImageNet by `core.data.tiny_imagenet.fetch`, from
+`$LOP_TINY_IMAGENET_URL` when set), builds the Tiny ImageNet cache, and raises FileNotFoundError
+saying which files to put where when the dataset is missing and cannot be fetched. It is
+idempotent and safe when many processes call it at once (downloads and cache builds run under a
+file lock); `load_images` calls it, and a sweep's pre-flight calls it once per dataset.
 
 | name            | files under the data root                                   | train / test   |
 |-----------------|-------------------------------------------------------------|----------------|
@@ -16,8 +20,10 @@ where.
 
 Tiny ImageNet's test split is its official val set.
 
-Normalisation constants and training augmentations follow the reference code (paper_spec §9),
-including its CIFAR-10 std (0.2023, 0.1994, 0.2010), which is not the per-pixel std of the data.
+Normalisation constants and training augmentations are the reference code's (its dataset
+loader; paper §B.1.3 names the datasets and "standard augmentations"), including its CIFAR-10
+std (0.2023, 0.1994, 0.2010), which is not the per-pixel std of the data (about 0.247, 0.243,
+0.262), and its augmentation of Tiny ImageNet and MNIST, which the paper's text does not mention.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 
 from core.data import tiny_imagenet
 from core.data.augment import Augmentation, prepare_batch
+from core.data.cache import cache_folder, locked, path_key
 from core.data.synthetic import SyntheticSpec, make_synthetic
 
 DATASETS = ("cifar10", "cifar100", "mnist", "tiny_imagenet", "synthetic")
@@ -129,20 +136,35 @@ def _cifar_missing(name: str, root: Path, detail: str) -> str:
     )
 
 
-def _read_cifar(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+def _download_lock(folder: Path):
+    """The lock that serialises downloads into `folder` (torchvision's archive names are fixed)."""
+    return locked(cache_folder("downloads") / f"{path_key(folder)}.lock")
+
+
+def _prepare_cifar(name: str, root: Path, download: bool) -> None:
     spec = _CIFAR[name]
     folder = root / spec["folder"]
-    missing = [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
-    if missing and download:
+
+    def missing() -> list[str]:
+        return [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
+
+    if missing() and download:
         import torchvision.datasets
 
-        try:
-            getattr(torchvision.datasets, spec["torchvision"])(str(root), download=True)
-        except Exception as err:  # no network, proxy, checksum: say what to do instead
-            raise FileNotFoundError(_cifar_missing(name, root, f"download failed ({err})")) from err
-        missing = [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(_cifar_missing(name, root, f"missing {', '.join(missing)}"))
+        with _download_lock(folder):
+            if missing():  # else another process fetched it while this one waited
+                try:
+                    getattr(torchvision.datasets, spec["torchvision"])(str(root), download=True)
+                except Exception as err:  # no network, proxy, checksum: say what to do instead
+                    detail = f"download failed ({err})"
+                    raise FileNotFoundError(_cifar_missing(name, root, detail)) from err
+    if absent := missing():
+        raise FileNotFoundError(_cifar_missing(name, root, f"missing {', '.join(absent)}"))
+
+
+def _read_cifar(name: str, root: Path) -> tuple[torch.Tensor, ...]:
+    spec = _CIFAR[name]
+    folder = root / spec["folder"]
     out = []
     for split in ("train", "test"):
         xs, ys = [], []
@@ -156,28 +178,60 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ..
     return tuple(out)
 
 
-def _read_mnist(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
-    import torchvision.datasets
-
+def _prepare_mnist(root: Path, download: bool) -> None:
     raw = root / "MNIST" / "raw"
-    missing = [f for f in _MNIST_FILES if not (raw / f).is_file()]
-    if missing and not download:
+
+    def missing() -> list[str]:
+        return [f for f in _MNIST_FILES if not (raw / f).is_file()]
+
+    if missing() and download:
+        import torchvision.datasets
+
+        with _download_lock(raw):
+            if missing():
+                try:
+                    for train in (True, False):
+                        torchvision.datasets.MNIST(str(root), train=train, download=True)
+                except Exception as err:
+                    raise FileNotFoundError(
+                        f"mnist not found in {raw} and the download failed ({err}); put the four "
+                        "idx files (train/t10k images and labels) there"
+                    ) from err
+    if absent := missing():
         raise FileNotFoundError(
-            f"mnist not found: missing {', '.join(missing)} in {raw}. Put the four uncompressed "
+            f"mnist not found: missing {', '.join(absent)} in {raw}. Put the four uncompressed "
             "idx files of http://yann.lecun.com/exdb/mnist/ there, or point LOP_DATA at the "
             "folder that holds MNIST/raw; with network access, download=true fetches them."
         )
+
+
+def _read_mnist(root: Path) -> tuple[torch.Tensor, ...]:
+    import torchvision.datasets
+
     out = []
     for train in (True, False):
-        try:
-            ds = torchvision.datasets.MNIST(str(root), train=train, download=download)
-        except Exception as err:
-            raise FileNotFoundError(
-                f"mnist not found in {raw} and the download failed ({err}); put the four idx "
-                "files (train/t10k images and labels) there"
-            ) from err
+        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
         out += [ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)]
     return tuple(out)
+
+
+def prepare_dataset(name: str, root: str | Path | None = None, download: bool = False) -> None:
+    """Make dataset `name` (one of DATASETS) ready to load; idempotent, safe to run concurrently.
+
+    Checks its files under the data root (`root`, else `$LOP_DATA`, else `./data`), fetches a
+    missing dataset when `download` is true, and builds the Tiny ImageNet cache in `$LOP_CACHE`.
+    Never writes into an existing dataset folder. A dataset that is missing and not fetched
+    raises FileNotFoundError saying which files to put where and how to fetch them.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    base = data_root(root)
+    if name in _CIFAR:
+        _prepare_cifar(name, base, download)
+    elif name == "mnist":
+        _prepare_mnist(base, download)
+    elif name == "tiny_imagenet":
+        tiny_imagenet.prepare(base, download)
 
 
 def load_images(
@@ -187,9 +241,8 @@ def load_images(
     synthetic: SyntheticSpec | None = None,
     device: torch.device | str = "cpu",
 ) -> ImageData:
-    """Dataset `name` (one of DATASETS) as uint8 tensors on `device`."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    """Dataset `name` (one of DATASETS) as uint8 tensors on `device` (`prepare_dataset` first)."""
+    prepare_dataset(name, root, download)
     base = data_root(root)
     if name == "synthetic":
         spec = synthetic or SyntheticSpec()
@@ -199,11 +252,11 @@ def load_images(
         augmentation = Augmentation(crop_padding=pad, flip=True)
     else:
         if name in _CIFAR:
-            tensors = _read_cifar(name, base, download)
+            tensors = _read_cifar(name, base)
         elif name == "mnist":
-            tensors = _read_mnist(base, download)
+            tensors = _read_mnist(base)
         else:
-            cached = tiny_imagenet.prepare(base, download)
+            cached = tiny_imagenet.load(base, download)
             tensors = tuple(cached[k] for k in ("train_x", "train_y", "test_x", "test_y"))
         mean, std = _STATS[name]
         augmentation = _AUGMENTATION[name]

@@ -29,18 +29,21 @@ def make_synthetic(
 
     Each class has a smooth prototype: a (C, 4, 4) uniform random pattern in [48, 208] upsampled
     bilinearly to (C, size, size). An image is its class prototype plus N(0, noise^2) pixel noise,
-    rounded and clipped to uint8. Images of a split are in a seeded random order.
+    rounded and clipped to uint8. Images of a split are in a seeded random order. Every draw is
+    float32 whatever torch's default dtype, so the same spec gives the same images everywhere.
     """
     if spec.classes < 1 or spec.size < 1 or spec.channels < 1:
         raise ValueError(f"synthetic needs positive channels, size and classes, got {spec}")
     g = torch.Generator().manual_seed(spec.seed)
-    coarse = 48 + 160 * torch.rand(spec.classes, spec.channels, 4, 4, generator=g)
+    shape = (spec.classes, spec.channels, 4, 4)
+    coarse = 48 + 160 * torch.rand(shape, generator=g, dtype=torch.float32)
     prototypes = F.interpolate(coarse, size=(spec.size, spec.size), mode="bilinear")  # (K,C,H,W)
 
     def split(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(spec.classes).repeat_interleave(per_class)
         labels = labels[torch.randperm(len(labels), generator=g)]
-        noise = spec.noise * torch.randn(len(labels), *prototypes.shape[1:], generator=g)
+        shape = (len(labels), *prototypes.shape[1:])
+        noise = spec.noise * torch.randn(shape, generator=g, dtype=torch.float32)
         images = (prototypes[labels] + noise).round().clamp(0, 255).to(torch.uint8)
         return images, labels
 

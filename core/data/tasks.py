@@ -1,9 +1,10 @@
 """Class-incremental task splits, stratified probe batches, and the shuffled batch order.
 
 The class order is a seeded permutation of the classes; task t holds classes
-`order[t * k : (t + 1) * k]` (paper_spec §7.1). The probe batch of a task is stratified: an equal
-share of each task class, drawn at random without replacement (the reference code took the first
-500 indices, i.e. a single class; paper_spec §3.1).
+`order[t * k : (t + 1) * k]` (paper §B.1.1: 40 disjoint tasks of 5 Tiny ImageNet classes). The
+probe batch of a task is stratified: an equal share of each task class, drawn at random without
+replacement (the reference code took the first 500 indices of a task's subset, which lists the
+classes one after another, so its fixed batch held a single class).
 """
 
 from __future__ import annotations

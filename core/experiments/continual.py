@@ -1,10 +1,12 @@
-r"""Class-incremental continual learning (paper §3.1, paper_spec §7.1).
+r"""Class-incremental continual learning (paper §3.1).
 
 The classes are split into tasks of `classes_per_task` in a seeded order; one model and one
 optimizer learn the tasks in sequence. At each task start the head is zeroed and, unless
 `reset_head_optimizer=false` (the reference behaviour), the optimizer state of the head too, so no
-Adam moment of an earlier task moves the fresh head. Loss and accuracy are masked to the task's
-classes; the accuracy over all logits is logged as `acc_unmasked`.
+Adam moment of an earlier task moves the fresh head; the body keeps its optimizer state. Loss and
+accuracy are masked to the task's classes; the accuracy over all logits is logged as
+`acc_unmasked`. The interventions `cbp.*`, `redo.*`, `shrink_perturb.*` run after every optimizer
+step; L2 is `optimizer.weight_decay`.
 
 Run (paper scale: Tiny ImageNet under $LOP_DATA, 40 tasks x 500 epochs, hours on an A100):
 
@@ -17,247 +19,292 @@ Smoke run (seconds on a CPU):
 
 Rows (split, metric), at step s = optimizer steps done:
   train: loss, acc, acc_unmasked (means over the steps since the last log point), task,
-         cbp_replaced (units CBP replaced since the last log point; with cbp.enabled)
+         "<layer>/cbp_replaced", "<layer>/redo_reset" (units re-initialised since the last log
+         point, with cbp.enabled / redo.enabled)
   val:   loss, acc, acc_unmasked on the task's whole evaluation split, in eval mode
   train / val, "<layer>/<metric>": the metrics probe on the task's train / val probe batch
   start_train / start_val, "<layer>/<metric>": the probe at the task start, after the head reset
   the probe's whole-model rows: probe_loss, probe_accuracy, probe_accuracy_unmasked (masked loss)
+
+Random streams (`core.run.seeds.seed_for(seed, purpose, ...)`): "tasks" (the class order), "init",
+"order", "augment", "noise" (noisy SGD), "cbp", "redo", "shrink_perturb", "dropout" (torch's global
+RNG), and "probe" per task and split (the probe batches never share the training streams).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from core.data import BatchOrder, indices_of, stratified_indices, task_classes
-from core.experiments import cli
-from core.experiments.training import (
-    Dataset,
-    OptimizerSpec,
-    RunningStats,
-    TrainingConfig,
-    build_optimizer,
-    class_remap,
-    evaluate,
-    make_probe,
-    masked_loss,
-    model_config,
-    open_run,
-    random_state,
-    run_recorded,
-    seeded_generators,
-    set_random_state,
+from core.data import (
+    BatchOrder,
+    ImageData,
+    indices_of,
+    load_images,
+    stratified_indices,
+    task_classes,
 )
+from core.experiments.classification import (
+    class_remap,
+    classification_probe,
+    evaluate,
+    masked_loss,
+)
+from core.experiments.image_config import Dataset, ImageConfig
 from core.models import build_model
-from core.optim import ContinualBackprop
-from core.records import RunRecord
+from core.run import build, cli, lifecycle
+from core.run.record import RunRecord
+from core.run.seeds import seed_for
+from core.run.specs import OptimizerSpec
 
 
 @dataclass(frozen=True)
-class CBPSpec:
-    """Continual Backprop (`core.optim.ContinualBackprop`) after every optimizer step."""
-
-    enabled: bool = False  # run CBP's generate-and-test after each step
-    replacement_rate: float = 1e-4  # fraction of mature units replaced per step
-    maturity: int = 100  # steps before a unit may be replaced
-    decay: float = 0.99  # running-average decay of the utilities
-    util_type: str = "contribution"  # see core.optim.UTIL_TYPES
-
-
-@dataclass(frozen=True)
-class Config(TrainingConfig):
+class Config(ImageConfig):
     """A continual-learning run; every field is a `key=value` override.
 
-    The shared fields (data, model, batch, probe, checkpoints, seed, device) are those of
-    `TrainingConfig`; `log_every=None` is one epoch of a task, `probe_every` counts `task_unit`s,
-    the probe batches are drawn per task.
+    The shared fields are those of `ImageConfig`; `log_every=None` is one epoch of a task,
+    `probe_every` counts `task_unit`s, the probe batches are drawn per task.
     """
 
     dataset: Dataset = "tiny_imagenet"  # the image dataset (docs/data.md)
-    # one optimizer for the whole run
-    optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adam", lr=1e-3))
+    optimizer: OptimizerSpec = field(  # one optimizer for the whole run; weight_decay is L2
+        default_factory=lambda: OptimizerSpec(name="adam", lr=1e-3)
+    )
     classes_per_task: int = 5  # classes of each task
     num_tasks: int | None = None  # tasks to run (None: every class once)
     task_length: int = 500  # length of each task, in task_unit
     task_unit: Literal["epochs", "steps"] = "epochs"  # reference code: epochs; paper: steps
     reset_head: bool = True  # zero the head's weights and bias at every task start
     reset_head_optimizer: bool = True  # also drop the head's optimizer state (false: reference)
-    cbp: CBPSpec = field(default_factory=CBPSpec)  # optional Continual Backprop
 
     positive_fields: ClassVar[tuple[str, ...]] = (
-        *TrainingConfig.positive_fields,
+        *ImageConfig.positive_fields,
         "task_length",
         "classes_per_task",
     )
 
 
+@dataclass(frozen=True)
+class Task:
+    """One task of the run: its classes, data and place in the schedule (global steps)."""
+
+    index: int
+    classes: torch.Tensor  # the task's global labels
+    remap: torch.Tensor  # global label -> position in classes (-1 outside)
+    train_idx: torch.Tensor  # its training samples
+    val_x: torch.Tensor  # its whole evaluation split
+    val_y: torch.Tensor
+    begin: int  # steps done when it starts
+    end: int  # steps done when it ends
+    log_every: int  # steps between its log points
+    probe_every: int  # steps between its probes
+
+
+def schedule(cfg: Config, data: ImageData) -> list[Task]:
+    """The tasks of the run, from the seeded class order."""
+    device = data.train_y.device
+    classes = task_classes(
+        data.num_classes, cfg.classes_per_task, seed_for(cfg.seed, "tasks"), cfg.num_tasks
+    )
+    tasks, begin = [], 0
+    for index, c in enumerate(classes):
+        # ascending, so that a tie of logits goes to the same class with and without the mask
+        c = c.sort().values.to(device)
+        train_idx = indices_of(data.train_y, c)
+        val_idx = indices_of(data.test_y, c)
+        epoch = -(-len(train_idx) // cfg.batch_size)  # steps per epoch
+        unit = epoch if cfg.task_unit == "epochs" else 1
+        end = begin + cfg.task_length * unit
+        tasks.append(
+            Task(
+                index=index,
+                classes=c,
+                remap=class_remap(c, data.num_classes),
+                train_idx=train_idx,
+                val_x=data.test_x[val_idx],
+                val_y=data.test_y[val_idx],
+                begin=begin,
+                end=end,
+                log_every=cfg.log_every or epoch,
+                probe_every=cfg.probe_every * unit,
+            )
+        )
+        begin = end
+    return tasks
+
+
+def task_probes(cfg: Config, data: ImageData, model: nn.Module, task: Task) -> dict[str, Any]:
+    """The train and val probes of `task`: stratified batches on the task's own stream."""
+    probes = {}
+    for i, (split, x, y) in enumerate(
+        (("train", data.train_x, data.train_y), ("val", data.test_x, data.test_y))
+    ):
+        g = torch.Generator().manual_seed(seed_for(cfg.seed, "probe", task.index, i))
+        idx = stratified_indices(y, task.classes, cfg.probe_size, g)
+        probes[split] = classification_probe(
+            model, data.inputs(x[idx]), y[idx], cfg.probe, g, task.classes
+        )
+    return probes
+
+
+@dataclass
+class ContinualState:
+    """Everything a checkpoint of the run holds (the state after `step` optimizer steps), and
+    the run's schedule (`tasks`, fixed by the config)."""
+
+    tasks: list[Task]
+    step: int
+    task: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    interventions: build.Interventions
+    streams: dict[str, torch.Generator]  # order, augment, noise (dropout: torch's global RNG)
+    order: BatchOrder  # the current task's batches
+    stats: lifecycle.RunningStats  # its initial loss (the divergence ceiling)
+    summary: dict[str, Any]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "task": self.task,
+            "model": self.model.state_dict(),
+            "model_config": self.model.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "interventions": self.interventions.state_dict(),
+            "random": lifecycle.random_state(self.streams),
+            "order": self.order.state_dict(),
+            "stats": self.stats.state_dict(),
+            "summary": self.summary,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.task = state["step"], state["task"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.interventions.load_state_dict(state["interventions"])
+        lifecycle.set_random_state(self.streams, state["random"])
+        self.order = BatchOrder(
+            self.tasks[self.task].train_idx, self.order.batch_size, self.order.generator
+        )
+        self.order.load_state_dict(state["order"])
+        self.stats.load_state_dict(state["stats"])
+        self.summary = state["summary"]
+
+
+def begin_task(state: ContinualState, cfg: Config, task: Task) -> None:
+    """Reset the head (and its optimizer state) for `task` and start its batch order."""
+    head = list(state.model.head.parameters())
+    if cfg.reset_head:
+        with torch.no_grad():
+            for p in head:
+                p.zero_()
+    if cfg.reset_head_optimizer:
+        for p in head:
+            state.optimizer.state.pop(p, None)
+    state.task = task.index
+    state.order = BatchOrder(task.train_idx, cfg.batch_size, state.streams["order"])
+
+
 def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
     """Run (or resume, from `sink`'s last checkpoint) the continual-learning experiment."""
-    return run_recorded(_run, cfg, sink, progress)
+    return lifecycle.run_recorded(_train, cfg, sink, progress)
 
 
-def _run(cfg: Config, sink: RunRecord, progress: bool) -> dict:
-    device, data = open_run(cfg, sink)
-    tasks = [
-        c.to(device)
-        for c in task_classes(data.num_classes, cfg.classes_per_task, cfg.seed, cfg.num_tasks)
-    ]
-    model_cfg = model_config(cfg.model, data)
-    model = build_model(model_cfg, seed=cfg.seed).to(device)
-    head = list(model.head.parameters())
-    generators = seeded_generators(cfg.seed, device, ("order", "augment", "noise"))
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), generators["noise"])
-    cbp = None
-    if cfg.cbp.enabled:
-        cbp = ContinualBackprop(
-            model,
-            optimizer,
-            replacement_rate=cfg.cbp.replacement_rate,
-            decay=cfg.cbp.decay,
-            maturity=cfg.cbp.maturity,
-            util_type=cfg.cbp.util_type,
-            generator=torch.Generator().manual_seed(cfg.seed + 4),
-        )
-    torch.manual_seed(cfg.seed)  # dropout draws from the global RNG, checkpointed below
+def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
+    device = lifecycle.resolve_device(cfg.device)
+    data = load_images(cfg.dataset, cfg.data_root, cfg.download, cfg.synthetic, device)
+    tasks = schedule(cfg, data)
+    model_cfg = cfg.model.model_config(data.shape, data.num_classes)
+    # config.json only now: missing data or a model unfit for it leaves no record behind
+    sink.write_config(cfg, "continual", device=str(device))
 
-    train_idx = [indices_of(data.train_y, c) for c in tasks]
-    val_idx = [indices_of(data.test_y, c) for c in tasks]
-    spe = [-(-len(i) // cfg.batch_size) for i in train_idx]  # steps per epoch of each task
-    length = [cfg.task_length * (s if cfg.task_unit == "epochs" else 1) for s in spe]
-    ends = list(itertools.accumulate(length))  # global step at which each task ends
-    begins = [0, *ends[:-1]]
-    log_every = [cfg.log_every or s for s in spe]
-    probe_every = [cfg.probe_every * (s if cfg.task_unit == "epochs" else 1) for s in spe]
-
-    def probes(t: int) -> dict[str, object]:
-        """The train and val probes of task t (stratified batches, fixed per task and seed)."""
-        seed = cfg.seed * 1_000_003 + 2 * t
-        out = {}
-        for i, (split, x, y) in enumerate(
-            (("train", data.train_x, data.train_y), ("val", data.test_x, data.test_y))
-        ):
-            g = torch.Generator().manual_seed(seed + i)
-            idx = stratified_indices(y, tasks[t], cfg.probe_size, g)
-            x_probe = data.inputs(x[idx])
-            out[split] = make_probe(model, x_probe, y[idx], cfg.probe, seed + i, tasks[t])
-        return out
-
-    def begin_task(t: int, step: int) -> dict[str, object]:
-        """Reset the head (and its optimizer state), probe the task's batches; its probes."""
-        if cfg.reset_head:
-            with torch.no_grad():
-                for p in head:
-                    p.zero_()
-        if cfg.reset_head_optimizer:
-            for p in head:
-                optimizer.state.pop(p, None)
-        task_probes = probes(t)
-        for split, probe in task_probes.items():
-            sink.log(step, probe(), split=f"start_{split}")
-        return task_probes
-
-    state = sink.load_checkpoint()
-    summary: dict = {"task_val_acc": [], "task_train_acc": []}
-    if state is None:
-        step, task = 0, 0
-        task_probes = begin_task(0, 0)
-        order = BatchOrder(train_idx[0], cfg.batch_size, generators["order"])
+    model = build_model(model_cfg, seed=seed_for(cfg.seed, "init")).to(device)
+    streams = lifecycle.generators(cfg.seed, device, ("order", "augment", "noise"))
+    optimizer = build.build_optimizer(cfg.optimizer, model.parameters(), streams["noise"])
+    interventions = build.build_interventions(
+        cfg, model, optimizer, build.intervention_streams(cfg.seed, device)
+    )
+    lifecycle.seed_dropout(cfg.seed)
+    state = ContinualState(
+        tasks=tasks,
+        step=0,
+        task=0,
+        model=model,
+        optimizer=optimizer,
+        interventions=interventions,
+        streams=streams,
+        order=BatchOrder(tasks[0].train_idx, cfg.batch_size, streams["order"]),
+        stats=lifecycle.RunningStats(device, cfg.divergence_ceiling),
+        summary={"task_val_acc": [], "task_train_acc": []},
+    )
+    saved = sink.load_checkpoint()
+    if saved is None:
+        begin_task(state, cfg, tasks[0])
+        probes = task_probes(cfg, data, model, tasks[0])
+        for split, probe in probes.items():
+            sink.log(0, probe(), split=f"start_{split}")
     else:
-        step, saved = state
-        task = saved["task"]
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        set_random_state(generators, saved["random"])
-        order = BatchOrder(train_idx[task], cfg.batch_size, generators["order"])
-        order.load_state_dict(saved["order"])
-        summary = saved["summary"]
-        if cbp is not None:
-            cbp.load_state_dict(saved["cbp"])
-        task_probes = probes(task)
+        state.load_state_dict(saved[1])
+        probes = task_probes(cfg, data, model, tasks[state.task])
     sink.set_status("running")
 
-    remap = class_remap(tasks[task], data.num_classes)
-    val_x, val_y = data.test_x[val_idx[task]], data.test_y[val_idx[task]]
-    stats = RunningStats(device)
-    replaced = 0  # CBP replacements since the last log point
-    last_checkpoint = step
-    bar = tqdm(total=ends[-1], initial=step, disable=not progress, desc="continual")
+    total = tasks[-1].end
+    checkpoints = lifecycle.CheckpointPolicy(
+        state.step, cfg.checkpoint_every, cfg.checkpoint_minutes
+    )
+    bar = tqdm(total=total, initial=state.step, disable=not progress, desc="continual")
     model.train()
-    while step < ends[-1]:
-        idx = order.next()
-        x = data.inputs(data.train_x[idx], generators["augment"], augment=cfg.augment)
+    while state.step < total:
+        task = tasks[state.task]
+        idx = state.order.next()
+        x = data.inputs(data.train_x[idx], streams["augment"], augment=cfg.augment)
         y = data.train_y[idx]
-        loss, correct, correct_all = masked_loss(model(x), y, tasks[task], remap)
+        loss, correct, correct_all = masked_loss(model(x), y, task.classes, task.remap)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if cbp is not None:
-            replaced += cbp.step()
-        step += 1
-        stats.add(step, loss, correct, correct_all, len(idx))
+        interventions.step()
+        state.step += 1
+        state.stats.add(state.step, loss, correct, correct_all, len(idx))
 
-        done = step - begins[task]
-        task_end = step == ends[task]
-        if done % log_every[task] and not task_end:
+        done = state.step - task.begin
+        task_end = state.step == task.end
+        if done % task.log_every and not task_end:
             continue
-        train, bad_step = stats.read()
-        stats.reset()
-        val = evaluate(model, data, val_x, val_y, tasks[task])
-        if bad_step is None and not math.isfinite(val["loss"]):
-            bad_step = step  # finite losses, but the last update left non-finite weights
-        if bad_step is not None:
-            summary = {**summary, "diverged_at": bad_step}
-            sink.set_status(
-                "diverged", f"non-finite loss at step {bad_step}", step=bad_step, summary=summary
-            )
+        train, divergence = state.stats.read()
+        state.stats.reset()
+        val = evaluate(model, data, task.val_x, task.val_y, task.classes)
+        if divergence is None and not math.isfinite(val["loss"]):
+            divergence = lifecycle.Divergence(state.step, f"non-finite loss at step {state.step}")
+        counts = interventions.take_counts()
+        rows = [("train", {**train, "task": task.index, **counts}), ("val", val)]
+        if divergence is None and (done % task.probe_every == 0 or task_end):
+            rows += [(split, probe()) for split, probe in probes.items()]
+        if divergence is None and task_end:
+            state.summary["task_train_acc"].append(train["acc"])
+            state.summary["task_val_acc"].append(val["acc"])
+            if task.index + 1 < len(tasks):
+                begin_task(state, cfg, tasks[task.index + 1])
+                probes = task_probes(cfg, data, model, tasks[state.task])
+                rows += [(f"start_{split}", probe()) for split, probe in probes.items()]
+        last = state.step == total
+        if lifecycle.end_interval(sink, state.step, rows, divergence, state, checkpoints, last):
             bar.close()
-            return summary
-        extra = {"task": task} if cbp is None else {"task": task, "cbp_replaced": replaced}
-        replaced = 0
-        sink.log(step, {**train, **extra}, split="train")
-        sink.log(step, val, split="val")
-        if done % probe_every[task] == 0 or task_end:
-            for split, probe in task_probes.items():
-                sink.log(step, probe(), split=split)
-        bar.update(step - bar.n)
-        bar.set_postfix(
-            task=task,
-            loss=f"{train['loss']:.3f}",
-            acc=f"{train['acc']:.3f}",
-            val_acc=f"{val['acc']:.3f}",
-        )
-        if task_end:
-            summary["task_train_acc"].append(train["acc"])
-            summary["task_val_acc"].append(val["acc"])
-            if task + 1 < len(tasks):
-                task += 1
-                task_probes = begin_task(task, step)
-                remap = class_remap(tasks[task], data.num_classes)
-                val_x, val_y = data.test_x[val_idx[task]], data.test_y[val_idx[task]]
-                order = BatchOrder(train_idx[task], cfg.batch_size, generators["order"])
-        if step - last_checkpoint >= cfg.checkpoint_every or step == ends[-1]:
-            sink.save_checkpoint(
-                step,
-                {
-                    "task": task,
-                    "model": model.state_dict(),
-                    "model_config": model_cfg.to_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "random": random_state(generators),
-                    "order": order.state_dict(),
-                    "summary": summary,
-                    **({} if cbp is None else {"cbp": cbp.state_dict()}),
-                },
-            )
-            last_checkpoint = step
+            return state.summary
+        bar.update(state.step - bar.n)
+        bar.set_postfix(task=task.index, loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.3f}")
     bar.close()
-    summary = {**summary, "steps": step, "final_val_acc": summary["task_val_acc"][-1]}
-    sink.set_status("completed", summary=summary)
+    summary = {
+        **state.summary,
+        "steps": state.step,
+        "final_val_acc": state.summary["task_val_acc"][-1],
+    }
+    sink.finish("completed", summary=summary, keep_final_checkpoint=cfg.keep_final_checkpoint)
     return summary
 
 

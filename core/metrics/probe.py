@@ -6,7 +6,7 @@ An experiment builds a `Probe` once per (model, probe batch) and calls it at its
     probe = Probe(model, x, y, F.cross_entropy, ProbeSpec("default"), generator=g)
     record = probe()  # {"loss": ..., "accuracy": ..., "hidden1/effective_rank": ..., ...}
 
-Protocol (improving on the paper's, paper_spec §3):
+Protocol (improving on the paper's code; docs/metrics.md, "The probe"):
 - the model runs in eval mode (BatchNorm uses its running statistics and does not update them,
   dropout is off); every module's own train/eval flag is restored afterwards;
 - the loss gradients with respect to the declared layers' outputs come from `torch.autograd.grad`,
@@ -22,7 +22,7 @@ Protocol (improving on the paper's, paper_spec §3):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,8 +71,12 @@ class LayerView:
     `h`: activations (rows, units); `g_batch_mean`: d(batch-mean loss)/d h, same shape (None when
     no metric needs gradients); `batch_size`: B, so that B x g_batch_mean is d loss_b / d h for
     the image b of each row (per-sample gradients); `weight`: the weight of the layer's `incoming`
-    module (None for block outputs).
+    module (None for block outputs); `pre`: the pre-activations (the input of the layer's
+    activation module, same shape as h; None for block outputs or when no metric reads them) and
+    `activation` its name.
     """
+
+    SPECTRA = ("raw", "centred", "standardised", "svd")
 
     def __init__(
         self,
@@ -81,11 +85,15 @@ class LayerView:
         batch_size: int,
         weight: torch.Tensor | None,
         row_index: Callable[[int | None], torch.Tensor | None],
+        pre: torch.Tensor | None = None,
+        activation: str | None = None,
     ) -> None:
         self.h = h
         self.g_batch_mean = g_batch_mean
         self.batch_size = batch_size
         self.weight = weight
+        self.pre = pre
+        self.activation = activation
         self._row_index = row_index
         self._cache: dict[tuple, object] = {}
 
@@ -99,31 +107,34 @@ class LayerView:
         index = self._row_index(k)
         return self.h if index is None else self.h[index]
 
-    def spectrum(self, k: int | None) -> torch.Tensor:
-        """Squared singular values of `rows(k)` (see ranks.squared_singular_values)."""
+    def spectrum(self, k: int | None, kind: str = "raw") -> torch.Tensor:
+        """Squared singular values of `rows(k)` (ranks.squared_singular_values): `raw` (Gram
+        route), `centred` (covariance eigenvalues), `standardised` (correlation eigenvalues),
+        `svd` (raw, from the singular values: no round-off floor)."""
+        if kind not in self.SPECTRA:
+            raise ValueError(f"unknown spectrum {kind!r}; valid: {', '.join(self.SPECTRA)}")
+        options = {
+            "raw": {},
+            "centred": {"center": True},
+            "standardised": {"standardize": True},
+            "svd": {"via": "svd"},
+        }[kind]
         return self._cached(
-            ("spectrum", k), lambda: ranks.squared_singular_values(self.rows(k), center=False)
-        )
-
-    def centred_spectrum(self, k: int | None) -> torch.Tensor:
-        """Squared singular values of `rows(k)` minus its column means (covariance eigenvalues)."""
-        return self._cached(
-            ("centred_spectrum", k),
-            lambda: ranks.squared_singular_values(self.rows(k), center=True),
+            ("spectrum", k, kind), lambda: ranks.squared_singular_values(self.rows(k), **options)
         )
 
     def moments(self) -> units.ColumnMoments:
         """Column means, centred scatter and gram of all rows of `h` (units.column_moments)."""
         return self._cached(("moments",), lambda: units.column_moments(self.h))
 
-    def unit_statistics(self) -> dict[str, torch.Tensor]:
+    def unit_statistics(self, ddof: int = 1) -> dict[str, torch.Tensor]:
         """mean_of_means, std_of_means, mean_of_stds, std_of_stds of all rows of `h`."""
 
         def compute() -> dict[str, torch.Tensor]:
             m = self.moments()
-            return units.unit_statistics_of(m.mean, m.std())
+            return units.unit_statistics_of(m.mean, m.std(), ddof)
 
-        return self._cached(("unit_statistics",), compute)
+        return self._cached(("unit_statistics", ddof), compute)
 
     def zero_fractions(self, zero_tol: float) -> torch.Tensor:
         """Per-unit fraction of the rows of `h` that are zero (units.zero_fractions)."""
@@ -139,11 +150,18 @@ class LayerView:
         scale = self.batch_size if per_sample else 1.0
         return units.small_gradient_fractions(self.g_batch_mean, self.mean_abs(), rel_tol, scale)
 
+    def flat_slope_fractions(self, eps: float) -> torch.Tensor:
+        """Per-unit fraction of rows with |phi'(pre)| < eps (units.flat_slope_fractions)."""
+        return self._cached(
+            ("flat", eps),
+            lambda: units.flat_slope_fractions(self.pre, self.activation, eps),
+        )
+
 
 class Probe:
     """Measures `model` on the fixed batch (x, y): `probe()` -> flat dict of floats.
 
-    Keys: `"<layer>/<metric>"` for each declared layer (`model.declared_layers()`) and each metric
+    Keys: `"<layer>/<metric>"` for each layer of `select_layers(model, layers)` and each metric
     of `spec`, plus whole-model scalars without a slash: `loss`, and `accuracy` (argmax over the
     output columns) when `loss_fn` returns a tensor, the output is (B, K > 1) and y holds integer
     labels. `loss_fn(output, y)` returns the batch-mean loss, or a mapping with the key `loss`
@@ -161,27 +179,33 @@ class Probe:
         spec: ProbeSpec | None = None,
         *,
         generator: torch.Generator,
+        layers: Sequence[str | type[nn.Module]] | None = None,
     ) -> None:
         self.model, self.x, self.y, self.loss_fn = model, x, y, loss_fn
         self.spec = spec if spec is not None else ProbeSpec()
         self.metrics = self.spec.selected()
-        self.layers = model.declared_layers()
+        self.layers = select_layers(model, layers)
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names) or any("/" in n for n in names):
             raise ValueError(f"declared layer names must be unique and slash-free, got {names}")
         self.needs_grad = any(m.needs_grad for m in self.metrics.values())
+        self.needs_pre = any(m.needs_pre for m in self.metrics.values())
         self.generator = generator
         self._row_indices: dict[tuple[str, int], torch.Tensor | None] = {}
 
     def __call__(self) -> dict[str, float]:
-        outputs, grads, scalars = self._forward_backward()
+        outputs, inputs, grads, scalars = self._forward_backward()
         keys = list(scalars)
         values = [v.detach().double().reshape(()) for v in scalars.values()]
         with torch.no_grad():
             for layer in self.layers:
-                view = self._view(layer, outputs[layer.name], grads.get(layer.name))
+                view = self._view(
+                    layer, outputs[layer.name], grads.get(layer.name), inputs.get(layer.name)
+                )
                 for key, metric in self.metrics.items():
                     if metric.needs_weight and view.weight is None:
+                        continue
+                    if metric.needs_pre and view.pre is None:
                         continue
                     keys.append(f"{layer.name}/{key}")
                     values.append(metric.compute(view).double().reshape(()))
@@ -189,19 +213,26 @@ class Probe:
 
     def _forward_backward(
         self,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Layer outputs, their loss gradients and the whole-model scalars, in eval mode."""
+    ) -> tuple[dict[str, torch.Tensor], ...]:
+        """Layer outputs, the pre-activations of layers with an activation (when a metric reads
+        them), the outputs' loss gradients and the whole-model scalars, in eval mode."""
         outputs: dict[str, torch.Tensor] = {}
+        inputs: dict[str, torch.Tensor] = {}
 
-        def recorder(name: str):
-            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        def recorder(name: str, keep_input: bool):
+            def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
                 outputs[name] = output
+                if keep_input:
+                    inputs[name] = args[0].detach()
 
             return hook
 
         modes = [(m, m.training) for m in self.model.modules()]
         handles = [
-            layer.module.register_forward_hook(recorder(layer.name)) for layer in self.layers
+            layer.module.register_forward_hook(
+                recorder(layer.name, self.needs_pre and layer.activation is not None)
+            )
+            for layer in self.layers
         ]
         try:
             self.model.eval()
@@ -219,7 +250,7 @@ class Probe:
         missing = [layer.name for layer in self.layers if layer.name not in outputs]
         if missing:
             raise RuntimeError(f"declared layers {missing} did not run in the model's forward")
-        return outputs, grads, scalars
+        return outputs, inputs, grads, scalars
 
     def _scalars(self, out: torch.Tensor, result: LossOutput) -> dict[str, torch.Tensor]:
         if isinstance(result, torch.Tensor):
@@ -248,13 +279,25 @@ class Probe:
         )
         return dict(zip(names, grads))
 
-    def _view(self, layer: Layer, output: torch.Tensor, grad: torch.Tensor | None) -> LayerView:
+    def _view(
+        self,
+        layer: Layer,
+        output: torch.Tensor,
+        grad: torch.Tensor | None,
+        pre: torch.Tensor | None,
+    ) -> LayerView:
         h = unit_matrix(output.detach())
         g = None if grad is None else unit_matrix(grad)
         incoming = layer.incoming
         weight = None if incoming is None else incoming.weight
         return LayerView(
-            h, g, self.x.shape[0], weight, lambda k: self._rows(layer.name, h.shape[0], k, h.device)
+            h,
+            g,
+            self.x.shape[0],
+            weight,
+            lambda k: self._rows(layer.name, h.shape[0], k, h.device),
+            pre=None if pre is None else unit_matrix(pre),
+            activation=layer.activation,
         )
 
     def _rows(self, name: str, n: int, k: int | None, device: torch.device) -> torch.Tensor | None:
@@ -265,3 +308,54 @@ class Probe:
             pick = torch.randperm(n, generator=self.generator, device=self.generator.device)[:k]
             self._row_indices[name, k] = pick.sort().values.to(device)
         return self._row_indices[name, k]
+
+
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish,
+    nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink,
+)  # fmt: skip
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)  # fmt: skip
+WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LAYER_TYPES = WEIGHT_TYPES + NORM_TYPES + ACTIVATION_TYPES  # the default layers of any module
+
+
+def select_layers(
+    model: nn.Module, layers: Sequence[str | type[nn.Module]] | None = None
+) -> list[Layer]:
+    """The layers measured on `model`, each named by its module path (`model.named_modules()`).
+
+    `layers=None`: the model's `declared_layers()` when it has that method (the built-in models),
+    else the output of every module of `LAYER_TYPES` (Linear, Conv*, the norms and the
+    activations), in registration order. Otherwise a list of module paths (e.g. "blocks.0.act")
+    and module types (every module of that type), in that order, duplicates dropped. The
+    `Layer.activation` stays None (a module's activation need not be one of the models').
+    """
+    if layers is None:
+        if hasattr(model, "declared_layers"):
+            return list(model.declared_layers())
+        layers = [LAYER_TYPES]
+    modules = dict(model.named_modules())
+    chosen: dict[str, nn.Module] = {}
+    for item in layers:
+        if isinstance(item, str):
+            if item not in modules or item == "":
+                sample = ", ".join(n for n in list(modules)[1:6])
+                raise ValueError(
+                    f"no module at path {item!r} in the model; valid paths: {sample}, ..."
+                )
+            chosen.setdefault(item, modules[item])
+        elif isinstance(item, type) or (
+            isinstance(item, tuple) and all(isinstance(t, type) for t in item)
+        ):
+            for name, module in modules.items():
+                if name and isinstance(module, item):
+                    chosen.setdefault(name, module)
+        else:
+            raise TypeError(f"a layer is a module path or a module type, got {item!r}")
+    if not chosen:
+        raise ValueError(f"no layer of the model matches {list(layers)}")
+    return [Layer(name=name, module=module) for name, module in chosen.items()]

@@ -12,7 +12,7 @@ from torch import nn
 from core.models.bitflip import BitFlipLearner
 from core.models.blocks import CloneAwareFlatten, Layer, activation_gain, make_activation
 from core.models.cnn import CNN
-from core.models.config import ACTIVATIONS, ARCHS, NORMS, ModelConfig
+from core.models.config import ARCHS, MODEL_ACTIVATIONS, NORMS, ModelConfig
 from core.models.mlp import MLP
 from core.models.resnet import ResNet
 from core.models.vit import ViT
@@ -42,7 +42,7 @@ def build_model(cfg: ModelConfig, seed: int | None = None) -> nn.Module:
 
 
 __all__ = [
-    "ACTIVATIONS",
+    "MODEL_ACTIVATIONS",
     "ARCHS",
     "NORMS",
     "CloneAwareFlatten",

@@ -1,4 +1,5 @@
-"""The bit-flipping learner (paper_spec §7.3): input -> h hidden units -> 1 output (regression)."""
+"""The bit-flipping learners (paper §B.1.1): input -> h hidden units -> 1 output (regression), or
+the linear baseline input -> 1 (`hidden_sizes=()`, Dohare et al.'s `linear` agent)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,21 @@ from core.models.config import ModelConfig
 
 
 class BitFlipLearner(nn.Module):
-    """fc1 -> activation module -> fc2.
+    """fc1 -> activation module -> fc2, or one linear layer `fc` with `hidden_sizes=()`.
 
     Init as Dohare et al. (2024): fc1 ~ U(+-g sqrt(3 / fan_in)) with the activation's gain g,
-    fc2 ~ U(+-sqrt(3 / h)), biases 0. The activation is a module, so the probe measures
-    post-activations (the reference measured fc1's pre-activations).
+    fc2 ~ U(+-sqrt(3 / h)), biases 0; the linear learner fc ~ U(+-sqrt(3 / fan_in)), bias 0.
+    fan_in is the input size: m + 1 with the constant bias bit, m = 20 without (Dohare's). The
+    activation is a module, so the probe measures post-activations (the paper's script measured
+    fc1's pre-activations).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if len(cfg.hidden_sizes) != 1:
-            raise ValueError(f"the bit-flip learner has one hidden layer, got {cfg.hidden_sizes}")
+        if len(cfg.hidden_sizes) > 1:
+            raise ValueError(
+                f"the bit-flip learner has one hidden layer or none, got {cfg.hidden_sizes}"
+            )
         if len(cfg.in_shape) != 1:
             raise ValueError(
                 f"the bit-flip learner takes vectors, in_shape=(D,), got {cfg.in_shape}"
@@ -32,7 +37,15 @@ class BitFlipLearner(nn.Module):
                 "the bit-flip learner has no norm and no dropout (norm='none', dropout=0)"
             )
         self.cfg = cfg
-        (d_in,), (h,) = cfg.in_shape, cfg.hidden_sizes
+        (d_in,) = cfg.in_shape
+        if not cfg.hidden_sizes:
+            self.fc = nn.Linear(d_in, cfg.num_classes)
+            bound = math.sqrt(3.0 / d_in)
+            with torch.no_grad():
+                self.fc.weight.uniform_(-bound, bound)
+                self.fc.bias.zero_()
+            return
+        (h,) = cfg.hidden_sizes
         self.fc1 = nn.Linear(d_in, h)
         self.act = make_activation(cfg.activation)
         self.fc2 = nn.Linear(h, cfg.num_classes)
@@ -45,9 +58,14 @@ class BitFlipLearner(nn.Module):
             self.fc2.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.hidden_sizes:
+            return self.fc(x)
         return self.fc2(self.act(self.fc1(x)))
 
     def declared_layers(self) -> list[Layer]:
+        """`hidden` (the hidden units; none for the linear learner)."""
+        if not self.cfg.hidden_sizes:
+            return []
         return [
             Layer(
                 name="hidden",

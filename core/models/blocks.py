@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-LEAKY_RELU_SLOPE = 0.1  # the paper code's activation factory (paper_spec §6)
+LEAKY_RELU_SLOPE = 0.1  # the paper code's activation factory uses LeakyReLU(0.1)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -22,6 +22,7 @@ def make_activation(name: str) -> nn.Module:
         "gelu": nn.GELU,
         "elu": nn.ELU,
         "selu": nn.SELU,
+        "swish": nn.SiLU,
         "identity": nn.Identity,
     }
     if name not in modules:
@@ -32,10 +33,10 @@ def make_activation(name: str) -> nn.Module:
 def activation_gain(name: str) -> float:
     """The gain of the uniform re-initialisation `U(-g sqrt(3/fan_in), +g sqrt(3/fan_in))`.
 
-    As in Dohare et al. (2024): relu-like activations (gelu, elu) take relu's sqrt(2); selu takes
-    LeCun's 1; the rest follow `torch.nn.init.calculate_gain`.
+    As in Dohare et al. (2024): relu-like activations (gelu, elu, swish) take relu's sqrt(2);
+    selu takes LeCun's 1; the rest follow `torch.nn.init.calculate_gain`.
     """
-    if name in ("relu", "gelu", "elu"):
+    if name in ("relu", "gelu", "elu", "swish"):
         return math.sqrt(2.0)
     if name == "leaky_relu":
         return nn.init.calculate_gain("leaky_relu", LEAKY_RELU_SLOPE)

@@ -1,5 +1,5 @@
-"""Record the activations of a model's declared layers, and the loss gradients with respect to
-them, during one forward/backward pass."""
+"""Record the activations of a model's declared layers, their pre-activations, and the loss
+gradients with respect to them, during one forward/backward pass."""
 
 from __future__ import annotations
 
@@ -26,30 +26,37 @@ def unit_matrix(t: torch.Tensor) -> torch.Tensor:
 
 
 class Capture:
-    """`acts[name]` and, after backward, `grads[name]` for every declared layer, detached."""
+    """`acts[name]`, `pres[name]` (layers with an activation) and, after backward,
+    `grads[name]` for every declared layer, detached."""
 
     def __init__(self) -> None:
         self.acts: dict[str, torch.Tensor] = {}
+        self.pres: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
 
 
 @contextmanager
 def capture_layers(model: nn.Module, grads: bool = True) -> Iterator[Capture]:
-    """Within the block, each forward records every declared layer's output, and (if `grads`) the
-    backward records d loss / d output. Hooks are removed on exit."""
+    """Within the block, each forward records every declared layer's output and, for a layer that
+    declares an activation, the activation's input (the pre-activations, what
+    `core.metrics.frozen_fraction` reads); if `grads`, the backward records d loss / d output.
+    Hooks are removed on exit."""
     record = Capture()
     handles = []
 
-    def hook_for(name: str):
-        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+    def hook_for(name: str, has_activation: bool):
+        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             record.acts[name] = output.detach()
+            if has_activation:
+                record.pres[name] = inputs[0].detach()
             if grads and output.requires_grad:
                 output.register_hook(lambda g: record.grads.__setitem__(name, g.detach()))
 
         return hook
 
     for layer in model.declared_layers():
-        handles.append(layer.module.register_forward_hook(hook_for(layer.name)))
+        hook = hook_for(layer.name, layer.activation is not None)
+        handles.append(layer.module.register_forward_hook(hook))
     try:
         yield record
     finally:

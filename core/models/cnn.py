@@ -1,4 +1,4 @@
-"""Convolutional network (paper_spec §6.2):
+"""Convolutional network (paper §B.1.3):
 [Conv3x3 -> Norm -> Act -> MaxPool2] x stages -> Flatten -> [Linear -> Act -> Dropout] x n
 -> Linear.
 Dropout sits only in the fully connected part, as in the paper's code."""

@@ -1,8 +1,9 @@
 """The model configuration shared by every architecture, with the paper's defaults.
 
 `ModelConfig(arch=..., in_shape=(C, H, W), num_classes=K)` is enough: every other field left at
-`None` is filled in `__post_init__` from `ARCH_DEFAULTS` (paper_spec §6), so after construction each
-field holds the value actually used.
+`None` is filled in `__post_init__` from `ARCH_DEFAULTS` (the paper's code; paper §B), so after
+construction each field holds the value actually used. The ViT's attention dropout follows
+`dropout` unless set: `ModelConfig(arch="vit", dropout=0.0)` has no active dropout of any kind.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 ARCHS = ("mlp", "cnn", "resnet", "vit", "bitflip")
-ACTIVATIONS = (
+MODEL_ACTIVATIONS = (
     "relu",
     "leaky_relu",
     "tanh",
@@ -19,11 +20,12 @@ ACTIVATIONS = (
     "gelu",
     "elu",
     "selu",
+    "swish",  # SiLU, x * sigmoid(x) (Dohare et al.'s bit-flip learners)
     "identity",
 )
 NORMS = ("batch", "layer", "none")
 
-# The paper's defaults per architecture (paper_spec §6.1-6.4, bit-flip learner §7.3).
+# The paper code's defaults per architecture (its model configs; bit-flip learner: paper §B.1).
 ARCH_DEFAULTS: dict[str, dict[str, object]] = {
     "mlp": {"activation": "relu", "norm": "batch", "dropout": 0.2, "hidden_sizes": (128,) * 5},
     "cnn": {
@@ -44,7 +46,7 @@ ARCH_DEFAULTS: dict[str, dict[str, object]] = {
         "activation": "gelu",
         "norm": "layer",
         "dropout": 0.1,
-        "attn_dropout": 0.1,
+        "attn_dropout": None,  # None: the same as dropout (0.1 at the paper's default)
         "patch_size": 8,
         "embed_dim": 384,
         "depth": 6,
@@ -87,11 +89,12 @@ class ModelConfig:
     arch: str  # one of ARCHS
     in_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors (bit-flip: (21,))
     num_classes: int  # output units (1 for the bit-flip regression)
-    activation: str | None = None  # one of ACTIVATIONS
+    activation: str | None = None  # one of MODEL_ACTIVATIONS
     norm: str | None = None  # batch | layer (LayerNorm, GroupNorm(1, C) for conv maps) | none
     norm_after_activation: bool = False  # Linear -> Act -> Norm instead of Linear -> Norm -> Act
     dropout: float | None = None  # MLP: every block; CNN: FC part; ResNet: before head; ViT: all
-    attn_dropout: float | None = None  # ViT: dropout on the attention weights
+    attn_dropout: float | None = None  # ViT: dropout on the attention weights (None: = dropout)
+    independent_head_masks: bool = False  # ViT: each copy of a cloned head draws its own mask
     hidden_sizes: tuple[int, ...] | None = None  # MLP / bit-flip learner hidden widths
     conv_channels: tuple[int, ...] | None = (
         None  # CNN conv stage widths (each: conv, norm, act, pool)
@@ -121,14 +124,18 @@ class ModelConfig:
             value = getattr(self, key)
             if value is not None:
                 object.__setattr__(self, key, tuple(int(v) for v in value))
-        if self.activation not in ACTIVATIONS:
+        if self.activation not in MODEL_ACTIVATIONS:
             raise ValueError(
-                f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}"
+                f"unknown activation {self.activation!r}; valid: {', '.join(MODEL_ACTIVATIONS)}"
             )
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
         if self.dropout is None:
             object.__setattr__(self, "dropout", 0.0)
+        if self.arch == "vit" and self.attn_dropout is None:
+            object.__setattr__(self, "attn_dropout", self.dropout)
+        if self.independent_head_masks and self.arch != "vit":
+            raise ValueError(f"independent_head_masks does not apply to arch {self.arch!r}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= (self.attn_dropout or 0.0) < 1.0:
             raise ValueError("dropout probabilities must lie in [0, 1)")
         if self.num_classes < 1:

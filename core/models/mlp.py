@@ -1,4 +1,4 @@
-"""Multi-layer perceptron (paper_spec §6.1):
+"""Multi-layer perceptron (paper §B.1.3):
 Flatten -> [Linear -> Norm -> Act -> Dropout] x n -> Linear."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ResNet-18, CIFAR style (paper_spec §6.3): Conv3x3 stem (no max-pool) -> 4 stages of BasicBlocks
+"""ResNet-18, CIFAR style (paper §B.1.3): Conv3x3 stem (no max-pool) -> 4 stages of BasicBlocks
 (channels base * 2**s, stride 1 then 2) -> global average pool -> Dropout -> Linear."""
 
 from __future__ import annotations
@@ -77,5 +77,20 @@ class ResNet(nn.Module):
         return self.head(self.drop(x))
 
     def declared_layers(self) -> list[Layer]:
-        """The output of every BasicBlock, `block1` ... `block8` (measured, not re-initialised)."""
-        return [Layer(name=f"block{i + 1}", module=b) for i, b in enumerate(self.blocks)]
+        """Per BasicBlock i: `inner<i>`, the block's hidden channels (conv1 -> norm1 -> act1,
+        read by conv2; units CBP can replace, norm1 reset with them), then `block<i>`, the
+        block's output (measured, not re-initialised: the shortcut also feeds it)."""
+        layers = []
+        for i, b in enumerate(self.blocks):
+            layers.append(
+                Layer(
+                    name=f"inner{i + 1}",
+                    module=b.act1,
+                    incoming=b.conv1,
+                    norm=None if isinstance(b.norm1, nn.Identity) else b.norm1,
+                    outgoing=b.conv2,
+                    activation=self.cfg.activation,
+                )
+            )
+            layers.append(Layer(name=f"block{i + 1}", module=b))
+        return layers

@@ -1,4 +1,4 @@
-"""Vision Transformer (paper_spec §6.4): patch embedding + CLS + learned positions, pre-norm
+"""Vision Transformer (paper §B.1.3): patch embedding + CLS + learned positions, pre-norm
 blocks (x += Attn(Norm x); x += MLP(Norm x)), final norm, linear head on the CLS token."""
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ from core.models.config import ModelConfig
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; the qkv output is laid out [q | k | v], each heads x head_dim."""
+    """Multi-head self-attention; the qkv output is laid out [q | k | v], each heads x head_dim.
+
+    Attention dropout (p = `cfg.attn_dropout`, train mode only) zeroes attention weights. In a
+    clone (`cfg.clone_factor` E > 1) heads h*E .. h*E + E - 1 copy one base head, and by default
+    the copies share one dropout mask, so attention dropout keeps the clone on the cloning
+    manifold (as one widened head with one mask would); `cfg.independent_head_masks` gives every
+    head its own mask (what a fused attention kernel draws), which breaks the symmetry.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -20,6 +27,7 @@ class Attention(nn.Module):
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
         self.attn_dropout = cfg.attn_dropout
+        self.mask_group = 1 if cfg.independent_head_masks else cfg.clone_factor
         self.qkv = nn.Linear(d, 3 * d, bias=cfg.qkv_bias)
         self.proj = nn.Linear(d, d)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
@@ -29,7 +37,14 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
         p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, hd), scale hd^-1/2
+        if p == 0.0:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd), scale hd^-1/2
+        else:
+            weights = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B,H,T,T)
+            groups = self.n_heads // self.mask_group
+            keep = torch.empty(b, groups, t, t, dtype=weights.dtype, device=weights.device)
+            keep = keep.bernoulli_(1.0 - p).repeat_interleave(self.mask_group, dim=1)  # (B,H,T,T)
+            out = (weights * keep / (1.0 - p)) @ v  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, H*hd)
         return self.drop(self.proj(out))
 

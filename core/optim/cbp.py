@@ -10,12 +10,13 @@ members), so there is one CBP. See docs/optim.md for the deviations from the ref
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.optim.units import UnitReset
+from core.optim.reinit import UnitReset
 
 UTIL_TYPES = (
     "contribution",
@@ -24,6 +25,7 @@ UTIL_TYPES = (
     "feature_by_input",
     "weight",
     "adaptation",
+    "random",
 )
 ROUNDINGS = ("carry", "bernoulli")
 
@@ -48,7 +50,8 @@ class CBPState:
 
     `util_type`: contribution `out * mean_B|h|` (the paper's CBP), zero_contribution
     `out * mean_B|h - fhat|`, adaptable_contribution `out * mean_B|h - fhat| / in`,
-    feature_by_input `mean_B|h - fhat| / in`, weight `out`, adaptation `1 / in`.
+    feature_by_input `mean_B|h - fhat| / in`, weight `out`, adaptation `1 / in`; random (Dohare
+    et al.'s baseline): uhat is replaced by fresh U(0, 1) draws every step (`util_uniforms`).
 
     Replacements this step, proportional to the mature count |E| (`rounding`):
     carry: r_t = floor(rate * S_t) - R_{t-1}, S_t = sum_{s<=t} |E_s|, R the replacements so far
@@ -100,8 +103,28 @@ class CBPState:
     def needs_in_magnitude(self) -> bool:
         return self.util_type in ("adaptable_contribution", "feature_by_input", "adaptation")
 
+    def draws_per_step(self, fan_in: int) -> int:
+        """Uniforms one step draws per member: the Bernoulli draw, one per unit for the `random`
+        utility, then `max_r` candidate rows of `fan_in` (see `split_draws`)."""
+        units = self.age.shape[1]
+        return 1 + (units if self.util_type == "random" else 0) + self.max_r * fan_in
+
+    def split_draws(
+        self, draws: torch.Tensor, fan_in: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(M, draws_per_step) -> the Bernoulli uniform (M,), the random utilities (M, units) or
+        None, the candidate rows (M, max_r, fan_in)."""
+        units = self.age.shape[1] if self.util_type == "random" else 0
+        util = draws[:, 1 : 1 + units] if units else None
+        rows = draws[:, 1 + units :].reshape(len(draws), self.max_r, fan_in)
+        return draws[:, 0], util, rows
+
     def observe(
-        self, h: torch.Tensor, out_mag: torch.Tensor, in_mag: torch.Tensor | None
+        self,
+        h: torch.Tensor,
+        out_mag: torch.Tensor,
+        in_mag: torch.Tensor | None,
+        util_uniforms: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Update ages, running mean and utility from h (M, B, units); return uhat (M, units)."""
         eta = self.decay
@@ -111,6 +134,10 @@ class CBPState:
         single = h.shape[1] == 1  # one example (online learning): means over B are the row
         self.mean.lerp_(h[:, 0] if single else h.mean(1), 1.0 - eta)
         kind = self.util_type
+        if kind == "random":
+            if util_uniforms is None:
+                raise ValueError("util_type='random' needs util_uniforms (see split_draws)")
+            return util_uniforms
         if kind == "contribution":
             y = out_mag * (h[:, 0].abs() if single else h.abs().mean(1))
         elif kind == "weight":
@@ -149,6 +176,7 @@ class CBPState:
         in_mag: torch.Tensor | None,
         uniform: torch.Tensor,
         skip_if_none: bool = False,
+        util_uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """One generate-and-test step: (order, mask, r), or None with `skip_if_none` when no
         member replaces a unit (that check reads r: a host synchronisation on a GPU).
@@ -158,7 +186,7 @@ class CBPState:
         candidate row of the step. Call `corrected_mean()` (for the bias correction) and then
         `reset(mask)` after re-initialising the weights.
         """
-        uhat = self.observe(h, out_mag, in_mag)
+        uhat = self.observe(h, out_mag, in_mag, util_uniforms)
         mature = self.age > self.maturity
         r = self.count(mature, uniform)
         if skip_if_none and not bool(r.any()):
@@ -197,20 +225,29 @@ class ContinualBackprop(UnitReset):
     """CBP on any model that declares its layers: call `step()` after every `optimizer.step()`.
 
     Per layer and step: `CBPState.step` on the activations of the last training forward pass, then
-    for each replaced unit (Dohare et al. 2024, Methods; cbp_bitflip_spec §a.5): incoming weights
-    ~ U(+-gain(act) sqrt(3 / fan_in)), incoming bias 0, a per-unit norm reset, the consumer's
-    bias += W_next[:, i] * fhat_i computed *before* fhat is reset (`bias_correction=True`, the
-    paper's intent; False gives the reference code's no-op), outgoing weights 0, utility/mean/age
-    0, and the base optimizer's state of those weights zeroed (`reset_optimizer_state`). The bias
-    correction applies where the consumer reads the activation directly (Linear without a flatten
-    in between); it keeps the output unchanged in expectation: the output moves by
-    -W_next[:, i] (h_i(x) - fhat_i), zero for a unit whose activation is constant.
+    for each replaced unit (Dohare et al. 2024, Methods): incoming weights
+    ~ U(+-gain(act) sqrt(3 / fan_in)), incoming bias 0, a per-unit norm reset (weight 1, bias 0,
+    running mean 0, running var 1: the norm right after the unit's producer, e.g. the first norm
+    inside a ResNet block), the consumer's bias += W_next[:, i] * fhat_i (`bias_correction`, see
+    below), outgoing weights 0, utility/mean/age 0, and the base optimizer's per-element state of
+    those weights zeroed (`reset_optimizer_state`).
 
-    Randomness: each step, each layer draws `1 + max_replacements * fan_in` uniforms from its
-    generator, whether or not it replaces: the first decides Bernoulli rounding, the rest are the
-    candidate rows (the j-th replaced unit takes row j). The stream position thus depends only on
-    the step count, which is what lets the batched ensemble pre-draw it and match this class.
-    `replacement_rate = 0` leaves the model and the optimizer untouched (base optimizer exactly).
+    Bias correction (`bias_correction=True`, the intent of Dohare et al.'s code, where it is a
+    no-op because the mean is zeroed first; False reproduces that no-op): computed before fhat is
+    reset, it moves the consumer's pre-activation on an input x by -W_next[:, i] (h_i(x) - fhat_i)
+    instead of -W_next[:, i] h_i(x). That is exact for a unit whose activation is constant and an
+    approximation otherwise (zero only on average over inputs distributed like the recent
+    training inputs). It is applied only where the consumer is a Linear reading the activation
+    directly and not followed by a norm (`UnitLayer.bias_correctable`): behind pooling or a
+    flatten the consumer does not see fhat, and a following norm would remove the shift.
+
+    `layers`: the declared layers to run on (None: all that can host CBP; others raise, naming the
+    valid ones; `unit_layer_names(model)` lists them). `generator` is required. Randomness: each
+    step, each layer draws `CBPState.draws_per_step(fan_in)` uniforms from its own generator
+    whether or not it replaces (`CBPState.split_draws`: the Bernoulli draw, the `random`
+    utilities, the candidate rows; the j-th replaced unit takes row j). The stream position thus
+    depends only on the step count, which is what lets the batched ensemble pre-draw it and match
+    this class. `replacement_rate = 0` leaves the model and the optimizer untouched.
     """
 
     def __init__(
@@ -224,9 +261,10 @@ class ContinualBackprop(UnitReset):
         util_type: str = "contribution",
         rounding: str = "carry",
         bias_correction: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator,
+        layers: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(model, optimizer, generator)
+        super().__init__(model, optimizer, generator, layers)
         self.bias_correction = bias_correction
         self.states = [
             CBPState(
@@ -244,29 +282,44 @@ class ContinualBackprop(UnitReset):
         ]
 
     @torch.no_grad()
-    def step(self) -> int:
-        """One generate-and-test pass over every layer; returns the number of units replaced."""
-        total = 0
+    def step(self) -> dict[str, int]:
+        """One generate-and-test pass over every layer: {layer name: units replaced this step}."""
+        replaced = {}
         for i, (unit, state) in enumerate(zip(self.layers, self.states)):
             weight = unit.layer.incoming.weight
             draws = torch.rand(
-                1 + state.max_r * unit.fan_in, generator=self.generators[i], dtype=weight.dtype
+                1,
+                state.draws_per_step(unit.fan_in),
+                generator=self.generators[i],
+                dtype=weight.dtype,
             ).to(weight.device)
+            uniform, util_uniforms, rows = state.split_draws(draws, unit.fan_in)
             in_mag = unit.in_magnitude() if state.needs_in_magnitude else None
             chosen = state.step(
-                self.activations(i), unit.out_magnitude(), in_mag, draws[:1], skip_if_none=True
+                self.activations(i),
+                unit.out_magnitude(),
+                in_mag,
+                uniform,
+                skip_if_none=True,
+                util_uniforms=util_uniforms,
             )
+            replaced[unit.layer.name] = 0
             if chosen is None:
                 continue
             order, mask, r = chosen
             n = int(r[0])
             units = order[0, :n]
             fhat = state.corrected_mean()[0, units] if self.bias_correction else None
-            rows = draws[1 : 1 + n * unit.fan_in].view(n, unit.fan_in)
-            unit.replace(units, rows, fhat, self.optimizer)
+            unit.replace(units, rows[0, :n], fhat, self.optimizer)
             state.reset(mask)
-            total += n
-        return total
+            replaced[unit.layer.name] = n
+        return replaced
+
+    def replacements(self) -> dict[str, int]:
+        """{layer name: units replaced so far}."""
+        return {
+            unit.layer.name: int(state.replaced[0]) for unit, state in zip(self.layers, self.states)
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,6 @@
 """Noisy SGD: SGD on gradients perturbed by Gaussian noise scaled to each tensor's gradient norm.
 
-Paper (B.1.2, "Noisy SGD optimizer") and paper_spec §5.1.
+Paper §B.1.2 ("Noisy SGD optimizer"); docs/optim.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def noise_size(numel: int) -> int:
 class NoisySGD(torch.optim.Optimizer):
     r"""SGD whose gradient of each parameter tensor is perturbed before the update.
 
-    Update at optimizer step t = 0, 1, ... (paper §B.1.2; paper_spec §5.1)::
+    Update at optimizer step t = 0, 1, ... (paper §B.1.2)::
 
         sigma_t = sigma0 * decay**t                      (0**0 = 1: decay = 0 is one noisy step)
         d_p     = g_p + sigma_t * ||g_p||_2 * xi_p,      xi_p ~ N(0, I), one draw per tensor p
@@ -42,8 +42,8 @@ class NoisySGD(torch.optim.Optimizer):
     Randomness: each step with sigma_t > 0 draws one vector of `noise_size(sum of numel)` standard
     normals from `generator`, split over the parameters in `param_groups` order (parameters
     without a gradient leave their slice unused), so the stream position depends only on the step
-    count. `generator=None` uses a private generator seeded with 0. The step count and the
-    generator state are part of `state_dict()`.
+    count. `generator` is required (no hidden default stream). The step count and the generator
+    state are part of `state_dict()`.
     """
 
     def __init__(
@@ -53,7 +53,8 @@ class NoisySGD(torch.optim.Optimizer):
         sigma0: float,
         decay: float = 1.0,
         momentum: float = 0.0,
-        generator: torch.Generator | None = None,
+        *,
+        generator: torch.Generator,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -75,7 +76,12 @@ class NoisySGD(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.sigma0 = sigma0
         self.decay = decay
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(
+                "NoisySGD needs an explicit torch.Generator (generator=...), e.g. "
+                "torch.Generator().manual_seed(seed_for(seed, 'noise'))"
+            )
+        self.generator = generator
         self.noise_step = 0
 
     def sigma(self) -> float:

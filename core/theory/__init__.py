@@ -1,15 +1,19 @@
-"""The paper's theory as numerics (paper §3, App. A.1, A.2, A.5; paper_spec §8; docs/theory.md).
+"""The paper's theory as numerics (paper §2, §3, App. A.1-A.5; docs/theory.md).
 
-Kernels: `hermite_coefficients`, `normalised_activation`, `kernel` (closed form, series or
-quadrature), `decorrelation_strength` (zeta = 1 - c_1^2), `frozen_probability`.
+Kernels: `hermite_coefficients`, `normalised_activation`, `kernel` (closed form, interpolant,
+series or quadrature; `kernel_interpolant`), `decorrelation_strength` (zeta = 1 - c_1^2),
+`frozen_probability`.
 Bounds: `renyi2_rank`, `decorrelation_potential`, `apply_kernel`, the quartic gap and its bound
 (Lemma A.1), the rank gain and its bound (Theorem 3.1), random correlation matrices.
 Figures A.1-A.3: `write_figures` (`python -m core.theory figures --out DIR`).
+Clone partitions (Theorem 2.1): `CloneStructure` (block-constant and equitable manifolds, their
+projectors, distances, dimensions and exact symmetry directions).
 Manifold stability (Def. A.2): `hessian_vector_product`, `lanczos`, `normal_hessian_spectrum`,
-`escape_rate`, `predicted_rate`, `stability_report` (`python -m core.theory stability CKPT`).
+`escape_rate`, `required_steps`, `predicted_rate`, `stability_report`
+(`python -m core.theory stability CKPT`).
 """
 
-from core.theory.activations import ACTIVATIONS, Activation, resolve
+from core.theory.activations import KERNEL_ACTIVATIONS, Activation, resolve
 from core.theory.bounds import (
     apply_kernel,
     correlation_path,
@@ -29,12 +33,14 @@ from core.theory.kernels import (
     hermite_coefficients,
     hermite_functions,
     kernel,
+    kernel_interpolant,
     kernel_quadrature,
     kernel_series,
     normalised_activation,
     relu_kernel,
     sign_kernel,
 )
+from core.theory.manifold import SYMMETRY_FAMILIES, CloneStructure
 from core.theory.report import stability_report
 from core.theory.stability import (
     NormalSpectrum,
@@ -44,12 +50,15 @@ from core.theory.stability import (
     model_loss,
     normal_hessian_spectrum,
     predicted_rate,
+    required_steps,
     verdict,
 )
 
 __all__ = [
-    "ACTIVATIONS",
+    "KERNEL_ACTIVATIONS",
+    "SYMMETRY_FAMILIES",
     "Activation",
+    "CloneStructure",
     "NormalSpectrum",
     "apply_kernel",
     "correlation_path",
@@ -62,6 +71,7 @@ __all__ = [
     "hermite_functions",
     "hessian_vector_product",
     "kernel",
+    "kernel_interpolant",
     "kernel_quadrature",
     "kernel_series",
     "lanczos",
@@ -76,6 +86,7 @@ __all__ = [
     "rank_gain",
     "rank_gain_bound",
     "relu_kernel",
+    "required_steps",
     "renyi2_rank",
     "resolve",
     "sign_kernel",

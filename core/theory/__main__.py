@@ -2,8 +2,9 @@
 
 figures    writes Figures A.1-A.3 (PNG and PDF) into DIR (~40 s of CPU; --quick: seconds).
 stability  prints (and with --out writes) a JSON report: the extreme eigenvalues of the Hessian in
-           the normal directions of the cloning manifold (Lanczos), the verdict of Def. A.2 and the
-           empirical escape rate, for a checkpoint of a cloning run (core/theory/report.py).
+           the normal directions of the cloning manifold minus its exact symmetries (Lanczos, with
+           residuals), the verdict of Def. A.2 and the escape along the softest normal
+           eigenvector, for a checkpoint of a cloned model (core/theory/report.py).
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     stab.add_argument("--lanczos-steps", type=int, default=40, help="Lanczos iterations")
     stab.add_argument("--eps", type=float, default=1e-4, help="size of the normal perturbation")
     stab.add_argument("--lr", type=float, default=0.01, help="gradient-descent step of the escape")
-    stab.add_argument("--escape-steps", type=int, default=100, help="gradient-descent steps")
+    stab.add_argument(
+        "--escape-steps", type=int, help="gradient-descent steps (default: 3 / (lr |lambda_min|))"
+    )
+    stab.add_argument(
+        "--max-escape-steps", type=int, default=5000, help="cap on the default escape steps"
+    )
     stab.add_argument("--mode", choices=MODES, default="eval", help="model mode in the loss")
-    stab.add_argument("--seed", type=int, default=0, help="seeds samples, Lanczos start, escape")
+    stab.add_argument("--seed", type=int, default=0, help="seeds samples and the Lanczos start")
+    stab.add_argument("--device", default="cpu", help="torch device of the analysis (cpu, cuda)")
     stab.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
 
@@ -55,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             eps=args.eps,
             lr=args.lr,
             escape_steps=args.escape_steps,
+            max_escape_steps=args.max_escape_steps,
             mode=args.mode,
             seed=args.seed,
+            device=args.device,
         )
     except (KeyError, ValueError, FileNotFoundError) as err:
         parser.error(str(err))

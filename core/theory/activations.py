@@ -1,7 +1,7 @@
 """Named scalar activations for the theory numerics, as float64 torch functions.
 
-An activation is given by name (one of `ACTIVATIONS`) or as a callable acting elementwise on a
-float64 torch tensor (differentiable by autograd where its derivative is needed). Each named
+An activation is given by name (one of `KERNEL_ACTIVATIONS`) or as a callable acting elementwise on
+a float64 torch tensor (differentiable by autograd where its derivative is needed). Each named
 activation also declares its kinks: the pre-activations where it or its derivative jumps, which the
 quadrature rules of `core.theory.gaussian` take as panel edges so that they stay exact to rounding
 for piecewise-smooth functions.
@@ -9,6 +9,7 @@ for piecewise-smooth functions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,17 @@ import torch.nn.functional as F
 from core.models.blocks import LEAKY_RELU_SLOPE
 
 ActivationLike = str | Callable[[torch.Tensor], torch.Tensor]
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2: F.gelu's 0.5 x (1 + erf(x / sqrt 2)) (and
+    torch.special.ndtr) cancel to 0 below x ~ -8.5 in float64."""
+    return 0.5 * x * torch.special.erfc(-x / math.sqrt(2.0))
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) without F.softplus's switch to x above 20 (an error of e^-20)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 @dataclass(frozen=True)
@@ -39,17 +51,17 @@ class Activation:
         return torch.zeros_like(x) if grad is None else grad.detach()
 
 
-ACTIVATIONS: dict[str, Activation] = {
+KERNEL_ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
         Activation("relu", torch.relu, (0.0,)),
         Activation("leaky_relu", lambda x: F.leaky_relu(x, LEAKY_RELU_SLOPE), (0.0,)),
         Activation("tanh", torch.tanh),
         Activation("sigmoid", torch.sigmoid),
-        Activation("gelu", F.gelu),  # the exact erf form, as nn.GELU()
+        Activation("gelu", _gelu),  # the exact erf form of nn.GELU(), accurate in the tail
         Activation("elu", F.elu, (0.0,)),  # alpha = 1
         Activation("selu", F.selu, (0.0,)),
-        Activation("softplus", F.softplus),
+        Activation("softplus", _softplus),
         Activation("silu", F.silu),
         Activation("sign", torch.sign, (0.0,)),
         Activation("identity", lambda x: x),
@@ -58,16 +70,16 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def resolve(activation: ActivationLike) -> Activation:
-    """The `Activation` for a name in `ACTIVATIONS`, or a callable wrapped as one (no kinks)."""
+    """The `Activation` of a name in `KERNEL_ACTIVATIONS`, or a callable wrapped as one."""
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, str):
-        if activation not in ACTIVATIONS:
+        if activation not in KERNEL_ACTIVATIONS:
             raise ValueError(
-                f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}, "
+                f"unknown activation {activation!r}; valid: {', '.join(KERNEL_ACTIVATIONS)}, "
                 "or a callable acting elementwise on float64 torch tensors"
             )
-        return ACTIVATIONS[activation]
+        return KERNEL_ACTIVATIONS[activation]
     if callable(activation):
         name = getattr(activation, "__name__", type(activation).__name__)
         return Activation(name, activation)

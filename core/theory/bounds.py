@@ -13,8 +13,8 @@ decorrelation strength zeta (see `core.theory.kernels`):
   rho_ij is in {-1, 0, 1} (orthogonal or cloned units); the first bound is an equality for
   f = +-h_2, the second iff zeta Phi(C) = 0.
 
-The formulas are paper_spec §8.2's reconstruction of the paper's App. A.1 (whose extracted text lost
-the mathematics); docs/theory.md records the derivation.
+The formulas reconstruct the paper's App. A.1 (whose extracted text lost the mathematics) from
+every step of its proof; docs/theory.md records the derivation.
 """
 
 from __future__ import annotations

@@ -6,9 +6,13 @@ Drawn on bare `matplotlib.figure.Figure`s (no pyplot, no global backend state).
 - A.1 bottom: r_2(kappa[C]) / r_2(C) against 1 / (1 - zeta Phi) and 1 + zeta Phi along
   C(t) = (1 - t) I + t R, R a dense random correlation matrix (Theorem 3.1).
 - A.2: zeta and the frozen probability of ReLU(z + b) against b and of tanh(a z) against a.
-- A.3: zeta against the frozen probability for every activation over an (a, b) grid.
+- A.3: zeta against the frozen probability over an (a, b) grid, one panel per activation with
+  its threshold eps in the title; the points with zeta > 0.9 and P(frozen) < 0.2 are marked:
+  SiLU and GELU decorrelate almost fully while almost never frozen (e.g. SiLU(3z - 15):
+  zeta = 0.955, P = 0.006 at eps = 1e-8), a counterexample to "maximal decorrelation forces
+  frozen units" (docs/theory.md).
 
-Grids and thresholds follow paper_spec §8.3 (inferred from the reference `POC/theory.py`).
+Grids and thresholds are those of the reference code's theory script (docs/theory.md).
 `write_figures(out_dir)` writes figure_A1/A2/A3 as PNG and PDF; `python -m core.theory figures`.
 """
 
@@ -109,14 +113,30 @@ def tradeoff_scatter(
     """Per activation: zeta and P(frozen) over a in logspace(-0.5, 2) and the family's bias grid."""
     out = {}
     for name, (modulation, eps, (b_lo, b_hi)) in families.items():
-        zetas, frozen = [], []
+        zetas, frozen, scales, shifts = [], [], [], []
         for a in np.logspace(-0.5, 2.0, gains):
             for b in np.linspace(b_lo, b_hi, biases):
                 shift = a * b if modulation == "inner" else b  # f(a (x + b)) = f(a x + a b)
                 zetas.append(decorrelation_strength(name, a, shift))
                 frozen.append(frozen_probability(name, a, shift, eps))
-        out[name] = {"zeta": np.array(zetas), "frozen": np.array(frozen), "eps": eps}
+                scales.append(a)
+                shifts.append(shift)
+        out[name] = {
+            "zeta": np.array(zetas),
+            "frozen": np.array(frozen),
+            "a": np.array(scales),
+            "b": np.array(shifts),  # the bias of f(a x + b)
+            "eps": eps,
+            "modulation": modulation,
+        }
     return out
+
+
+def counterexamples(scatter: dict, zeta_min: float = 0.9, frozen_max: float = 0.2) -> dict:
+    """Per activation, the boolean mask of its points with zeta > zeta_min and P < frozen_max."""
+    return {
+        name: (s["zeta"] > zeta_min) & (s["frozen"] < frozen_max) for name, s in scatter.items()
+    }
 
 
 def draw_a1(gaps: dict, path: dict) -> Figure:
@@ -164,14 +184,28 @@ def draw_a2(curves: dict) -> Figure:
 
 
 def draw_a3(scatter: dict) -> Figure:
-    """Figure A.3: zeta against P(frozen) over the (a, b) grid, one colour per activation."""
-    fig = Figure(figsize=(5.5, 4.5))
-    ax = fig.subplots()
-    for name, s in scatter.items():
-        ax.scatter(s["frozen"], s["zeta"], s=8, alpha=0.6, label=name)
-    ax.set_xlabel(r"P($|f'_{a,b}(Z)|<\varepsilon$)")
-    ax.set_ylabel(r"decorrelation strength $\zeta$")
-    ax.legend(fontsize=7, markerscale=2)
+    """Figure A.3: zeta against P(frozen), one panel per activation (eps in its title); the
+    counterexample points (`counterexamples`) in red."""
+    names = list(scatter)
+    cols = 3
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    marked = counterexamples(scatter)
+    for ax, name in zip(axes, names):
+        s, hit = scatter[name], marked[name]
+        ax.scatter(s["frozen"][~hit], s["zeta"][~hit], s=8, alpha=0.6)
+        ax.scatter(s["frozen"][hit], s["zeta"][hit], s=10, color="tab:red", label="ζ>0.9, P<0.2")
+        form = "f(a(x+b))" if s["modulation"] == "inner" else "f(ax+b)"
+        ax.set_title(f"{name}, {form}, ε = {s['eps']:g}", fontsize=9)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(r"P($|f'_{a,b}(Z)|<\varepsilon$)", fontsize=8)
+        ax.set_ylabel(r"$\zeta$", fontsize=8)
+        if hit.any():
+            ax.legend(fontsize=7, loc="lower right")
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 

@@ -4,7 +4,7 @@ Two rules, both returned as (nodes z_i, weights w_i) with E[g(Z)] ~ sum_i w_i g(
 
 - `gauss_hermite(n)`: Gauss-Hermite with the change of variables for the standard normal. numpy's
   nodes x_i and weights v_i integrate against exp(-x^2), so z_i = sqrt(2) x_i and w_i = v_i /
-  sqrt(pi). (The reference code's `z = x / sqrt(2)` integrates against N(0, 1/4): paper_spec §8.4.)
+  sqrt(pi). (The reference code's `z = x / sqrt(2)` integrates against N(0, 1/4); docs/theory.md.)
   Exact for polynomials of degree <= 2n - 1, but only O(1/n) accurate across a kink: ReLU's zeta is
   off by 1.4e-3 with n = 200.
 - `panel_rule(a, b, kinks)`: composite Gauss-Legendre for E[g(aZ + b)] on [-TAIL, TAIL], with

@@ -1,27 +1,33 @@
 """Stability of a cloning-run checkpoint: normal Hessian spectrum, verdict and escape rate.
 
 A checkpoint is a `torch.save`d dict holding "model_config" (`ModelConfig.to_dict()`) and "model"
-(the model's state_dict), at the top level or under "state" (the layout `core.records` writes, e.g.
-`runs/<run>/checkpoints/step-*.pt` of `core.experiments.cloning`, whose "model" is the clone after
-the expansion). Loading unpickles: open only checkpoints you trust. The data come from the run's
-`config.json` two folders up (dataset, data_root, synthetic), unless given explicitly.
+(the model's state_dict), at the top level or under "state" (what a run record's checkpoints hold,
+e.g. those of `core.experiments.cloning`, whose "model" is the clone after the expansion). Loading
+unpickles: open only checkpoints you trust. The data come from the run record the checkpoint
+belongs to (dataset, data_root, synthetic of its config), unless given explicitly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from core.cloning import manifold_distance
 from core.data import SyntheticSpec, load_images
 from core.models import ModelConfig, build_model
-from core.theory.stability import escape_rate, model_loss, normal_hessian_spectrum, predicted_rate
-
-MODES = ("eval", "train")
+from core.run.schema import is_record, read_config
+from core.theory.manifold import CloneStructure
+from core.theory.stability import (
+    MODES,
+    escape_rate,
+    model_loss,
+    normal_hessian_spectrum,
+    predicted_rate,
+    required_steps,
+)
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -43,9 +49,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float64) -> nn.Modul
     return model.to(dtype)
 
 
-def _run_config(path: Path) -> dict:
-    config = path.parent.parent / "config.json"
-    return json.loads(config.read_text())["config"] if config.is_file() else {}
+def run_config(checkpoint: Path) -> dict:
+    """The experiment config of the run record holding `checkpoint` ({} outside a record)."""
+    run_dir = checkpoint.parent.parent
+    return read_config(run_dir)["config"] if is_record(run_dir) else {}
 
 
 def stability_report(
@@ -56,37 +63,58 @@ def stability_report(
     lanczos_steps: int = 40,
     eps: float = 1e-4,
     lr: float = 0.01,
-    escape_steps: int = 100,
+    escape_steps: int | None = None,
+    max_escape_steps: int = 5000,
     mode: str = "eval",
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict:
-    """Lanczos on the normal Hessian and the empirical escape rate of a checkpoint's model.
+    """Lanczos on the reduced normal Hessian and the escape along its softest eigenvector.
 
-    The loss is the cross-entropy on `samples` training images (drawn with `seed`), in float64,
-    with the model in `mode` (eval: BatchNorm running statistics; train: batch statistics) and
-    dropout off. The escape starts from the checkpoint plus eps times a random unit normal vector
-    and runs `escape_steps` steps of full-batch gradient descent with step `lr`.
+    The loss is the cross-entropy on `samples` training images (drawn with `seed`), in float64 on
+    `device`, with the model in `mode` (eval: BatchNorm running statistics; train: batch statistics,
+    never written back) and dropout off. The escape starts from the checkpoint plus eps times the
+    unit Ritz vector of lambda_min and runs `escape_steps` steps of full-batch gradient descent
+    with step `lr`; by default ESCAPE_EFOLDS / (lr |lambda_min|) steps, at most
+    `max_escape_steps`. `escape.horizon_too_short` says when fewer ran.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     path = Path(checkpoint)
-    run = _run_config(path)
+    run = run_config(path)
     dataset = dataset or run.get("dataset")
     if dataset is None:
         raise ValueError(
-            f"no dataset: {path.parent.parent / 'config.json'} does not exist; pass the dataset "
-            "the model was trained on (--dataset)"
+            f"no dataset: {path} is not inside a run record; pass the dataset the model was "
+            "trained on (--dataset)"
         )
-    synthetic = SyntheticSpec(**run["synthetic"]) if "synthetic" in run else None
+    synthetic = SyntheticSpec(**run["synthetic"]) if run.get("synthetic") else None
     data = load_images(dataset, data_root or run.get("data_root"), synthetic=synthetic)
     generator = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train_y), generator=generator)[:samples]
-    x, y = data.inputs(data.train_x[idx]).double(), data.train_y[idx]
+    x = data.inputs(data.train_x[idx]).double().to(device)
+    y = data.train_y[idx].to(device)
 
-    model = load_model(path).train(mode == "train")
+    model = load_model(path).to(device).train(mode == "train")
     loss_fn = model_loss(model, x, y)
-    spectrum = normal_hessian_spectrum(model, loss_fn, lanczos_steps, generator)
-    escape = escape_rate(model, lambda m: model_loss(m, x, y), eps, escape_steps, lr, generator)
+    structure = CloneStructure.of_clone(model)
+    spectrum = normal_hessian_spectrum(
+        model, loss_fn, lanczos_steps, generator, structure=structure
+    )
+    need = required_steps(lr, spectrum.lambda_min)
+    steps = escape_steps if escape_steps is not None else min(need or 100, max_escape_steps)
+    escape = escape_rate(
+        model,
+        lambda m: model_loss(m, x, y),
+        eps,
+        steps,
+        lr,
+        generator,
+        direction=spectrum.min_direction,
+        structure=structure,
+        removed=spectrum.removed,
+        curvature=spectrum.lambda_min,
+    )
     with torch.no_grad():
         loss = float(loss_fn(dict(model.named_parameters())))
     return {
@@ -96,18 +124,30 @@ def stability_report(
         "dataset": dataset,
         "samples": len(y),
         "mode": mode,
+        "device": device,
         "loss": loss,
-        "manifold_distance": manifold_distance(model),
+        "manifold_distance": structure.distance(dict(model.named_parameters())),
+        "dimensions": spectrum.dimensions,
+        "symmetries_removed": list(spectrum.removed),
+        "symmetry_checks": spectrum.symmetry_checks,
+        "reduced_normal_dimension": spectrum.reduced_dimension,
         "lanczos_steps": len(spectrum.ritz_values),
         "lambda_min": spectrum.lambda_min,
         "lambda_max": spectrum.lambda_max,
+        "residual_min": float(spectrum.residuals[0]),
+        "residual_max": float(spectrum.residuals[-1]),
+        "tolerance": spectrum.tolerance,
         "verdict": spectrum.verdict,
         "ritz_values": spectrum.ritz_values.tolist(),
+        "residuals": spectrum.residuals.tolist(),
         "escape": {
             "eps": eps,
             "lr": lr,
-            "steps": escape_steps,
+            "steps": steps,
+            "required_steps": escape.required_steps,
+            "horizon_too_short": escape.horizon_too_short,
             "rate": escape.rate,
+            "predicted_rate_softest": math.log(max(abs(1.0 - lr * spectrum.lambda_min), 1e-300)),
             "predicted_rate": predicted_rate(spectrum.ritz_values, lr),
             "fit_from": escape.fit_from,
             "distances": escape.distances,

@@ -1,22 +1,32 @@
-"""Stability of the cloning manifold: the Hessian in the normal directions (paper Def. A.2, §8.6).
+"""Stability of a cloning manifold: the Hessian in the normal directions (paper Def. A.2, App. A.5).
 
-For a cloned model (`core.cloning.expand`) at parameters theta on the block-constant manifold M,
-let P be the orthogonal projector onto the normal space N (tensors with zero mean on every clone
-block: `core.cloning.normal_component`) and H = grad^2 L(theta). Def. A.2 classifies M at theta by
-the quadratic form v^T H v on N \\ {0}:
+For a model whose parameters theta lie on the block-constant manifold of a clone partition
+(`core.theory.manifold.CloneStructure`), let N be the normal space (zero sum on every block) and
+H = grad^2 L(theta). N contains exact zero modes, whatever the data (`manifold.SYMMETRY_FAMILIES`):
+the within-block redistributions of hidden-to-hidden weights (tangent to the equitable manifold of
+Theorem 2.1, on which the loss is constant) and, for a softmax cross-entropy, the shift of every
+logit by one zero-block-sum combination of the last hidden units. On them v^T H v = 0 exactly, so
+a verdict on all of N could never be "stable" or "unstable". Each family is checked to be null for
+the loss at hand (||H v|| <= `symmetry_rtol` * ||H|N|| for a generic v in it) and then removed:
+the verdict is taken on the reduced normal space N' = N minus the verified families. Def. A.2 on N':
 
-    stable    v^T H v > 0 for every normal v   (lambda_min(H|N) > 0: perturbations decay)
-    unstable  v^T H v < 0 for every normal v   (lambda_max(H|N) < 0: every perturbation grows)
-    saddle    both signs occur                 (escape depends on the direction)
+    stable    v^T H v > 0 for every v in N'   (lambda_min > 0: perturbations decay)
+    unstable  v^T H v < 0 for every v in N'   (lambda_max < 0: every perturbation grows)
+    saddle    both signs occur                (escape depends on the direction)
 
-and "degenerate" when an extreme eigenvalue is zero within tolerance (the definition's strict
-inequalities leave that case open). The extremes of the spectrum of H|N are the extreme Ritz values
-of Lanczos on P H P started in N, using Hessian-vector products by double backpropagation.
+and "degenerate" when an extreme eigenvalue is zero within tolerance. The extremes are the extreme
+Ritz values of Lanczos on P' H P' (P' the projector onto N'), with Hessian-vector products by double
+backpropagation on copies of the model's buffers (BatchNorm statistics are never updated).
 
-The empirical counterpart: inject theta + eps v with v a unit normal vector, run full-batch
-gradient descent with step lr, and fit the exponential growth rate of the distance to M. On M the
-gradient is tangent, so to first order the normal deviation follows d_{t+1} = (I - lr P H P) d_t:
-its rate per step tends to max_lambda log|1 - lr lambda| over the normal spectrum.
+For ReLU and leaky-ReLU networks without normalisation the spectrum on N is exactly symmetric
+about 0: a normal perturbation of one layer alone leaves the next layer's pre-activations unchanged
+(the activation is linear between kinks), so H|N couples only adjacent layers; flipping the sign
+of every other layer's component maps H|N to -H|N. Such a manifold is a saddle (or degenerate).
+
+The empirical counterpart: inject theta + eps v with v the softest normal eigenvector, run
+full-batch gradient descent with step lr, and fit the growth rate of the distance to the manifold.
+To first order the normal deviation follows d_{t+1} = (I - lr P'HP') d_t, so along v it grows by
+|1 - lr lambda_min| per step; one e-fold needs 1 / (lr |lambda_min|) steps, and a fit needs a few.
 """
 
 from __future__ import annotations
@@ -24,17 +34,22 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from core.cloning import manifold_distance, normal_component
+from core.theory.manifold import SYMMETRY_FAMILIES, CloneStructure
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params], torch.Tensor]
 VERDICTS = ("stable", "unstable", "saddle", "degenerate")
+ESCAPE_EFOLDS = 3.0  # the escape runs at least ESCAPE_EFOLDS / (lr |lambda_min|) steps
+
+
+MODES = ("eval", "train")  # the model's mode in the loss (`model.train(mode == "train")`)
 
 
 def model_loss(
@@ -43,10 +58,15 @@ def model_loss(
     y: torch.Tensor,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
 ) -> LossFn:
-    """params -> loss(model with these parameters (x), y); buffers and mode are the model's."""
+    """params -> loss(model with these parameters (x), y), in the model's mode.
+
+    Every call runs on fresh copies of the model's buffers, so a train-mode BatchNorm uses batch
+    statistics without updating its running statistics.
+    """
 
     def loss_of(params: Params) -> torch.Tensor:
-        return loss(functional_call(model, params, (x,)), y)
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        return loss(functional_call(model, {**buffers, **params}, (x,)), y)
 
     return loss_of
 
@@ -68,9 +88,13 @@ def _unflatten(vector: torch.Tensor, like: Params) -> Params:
 
 
 def hessian_vector_product(loss_fn: LossFn, params: Params, vector: Params) -> Params:
-    """H v for H = grad^2 loss_fn at `params`, by differentiating <grad loss, v> once more."""
+    """H v for H = grad^2 loss_fn at `params`, by differentiating <grad loss, v> once more.
+
+    Attention runs on the math backend of `scaled_dot_product_attention` (the fused kernels have
+    no second derivative).
+    """
     leaves = {name: t.detach().requires_grad_(True) for name, t in params.items()}
-    with torch.enable_grad():
+    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         grads = torch.autograd.grad(loss_fn(leaves), list(leaves.values()), create_graph=True)
         dot = sum((g * vector[name]).sum() for g, name in zip(grads, leaves))
         hv = torch.autograd.grad(dot, list(leaves.values()), allow_unused=True)
@@ -81,25 +105,39 @@ def hessian_vector_product(loss_fn: LossFn, params: Params, vector: Params) -> P
 
 
 def lanczos(
-    matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Ritz values ascending, Ritz vectors as columns) of a symmetric operator after `steps`.
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    steps: int,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Ritz values ascending, Ritz vectors as columns, residual norms) of a symmetric operator.
 
     Lanczos with full reorthogonalisation: Q = [q_1 .. q_m] orthonormal spanning the Krylov space
-    of `start`, T = Q^T A Q tridiagonal, Ritz pairs from eigh(T). Stops early, exactly, when the
-    Krylov space is invariant (beta below 1e-10 times the largest |alpha|, beta).
+    of `start`, T = Q^T A Q tridiagonal, Ritz pairs (theta_i, y_i = Q s_i) from eigh(T). The
+    residual ||A y_i - theta_i y_i|| = beta_m |s_mi| (beta_m the norm of the next Lanczos vector)
+    bounds the distance from theta_i to an eigenvalue of A. Stops early, exactly (residuals 0),
+    when the Krylov space is invariant (beta below 1e-10 times the largest |alpha|, beta).
+    `project`, the projector onto the subspace the operator acts on, is applied to every new
+    Lanczos vector: rounding outside that subspace (where the operator is 0) would otherwise be
+    amplified by 1 / beta at every step once the extreme eigenvalues converge.
     """
     q = start / start.norm()
     basis, alphas, betas = [q], [], []
+    last_beta = 0.0
     for _ in range(steps):
         w = matvec(basis[-1])
         alphas.append(float(basis[-1] @ w))
         stacked = torch.stack(basis)  # (m, dim)
         w = w - stacked.T @ (stacked @ w)
         w = w - stacked.T @ (stacked @ w)  # twice is enough (Kahan-Parlett)
+        if project is not None:
+            w = project(w)  # keeps w orthogonal to the basis, which lies in the subspace
         beta = float(w.norm())
         scale = max(max(abs(a) for a in alphas), max(betas, default=0.0))
-        if len(basis) == steps or beta <= 1e-10 * max(scale, 1e-300):
+        if beta <= 1e-10 * max(scale, 1e-300):
+            break
+        if len(basis) == steps:
+            last_beta = beta
             break
         betas.append(beta)
         basis.append(w / beta)
@@ -109,7 +147,7 @@ def lanczos(
     t += torch.diag(off, 1) + torch.diag(off, -1)
     values, vectors = torch.linalg.eigh(t)
     ritz = torch.stack(basis[:m]).T @ vectors.to(start.dtype)  # (dim, m)
-    return values, ritz
+    return values, ritz, last_beta * vectors[-1].abs()
 
 
 def verdict(lambda_min: float, lambda_max: float, tol: float) -> str:
@@ -125,64 +163,146 @@ def verdict(lambda_min: float, lambda_max: float, tol: float) -> str:
 
 @dataclass(frozen=True)
 class NormalSpectrum:
-    """Lanczos on the Hessian restricted to the normal space of the cloning manifold."""
+    """Lanczos on the Hessian restricted to the reduced normal space N' of a clone partition."""
 
     ritz_values: torch.Tensor  # ascending; the extremes converge first
-    lambda_min: float  # smallest normal eigenvalue (Ritz estimate)
-    lambda_max: float  # largest normal eigenvalue (Ritz estimate)
-    verdict: str  # stable | unstable | saddle | degenerate (Def. A.2)
-    min_direction: Params  # unit normal Ritz vector of lambda_min
-    max_direction: Params  # unit normal Ritz vector of lambda_max
+    residuals: torch.Tensor  # ||A y - theta y|| of each Ritz pair
+    lambda_min: float  # smallest eigenvalue on N' (Ritz estimate)
+    lambda_max: float  # largest eigenvalue on N' (Ritz estimate)
+    verdict: str  # stable | unstable | saddle | degenerate (Def. A.2 on N')
+    tolerance: float  # |lambda| <= tolerance counts as zero in the verdict
+    min_direction: Params  # unit Ritz vector of lambda_min, in N'
+    max_direction: Params  # unit Ritz vector of lambda_max, in N'
+    dimensions: dict[str, int]  # parameters, block_constant, normal, and each family's size
+    removed: tuple[str, ...]  # symmetry families verified null and projected out
+    symmetry_checks: dict[str, float] = field(default_factory=dict)  # ||H v|| / ||H|N|| per family
+
+    @property
+    def reduced_dimension(self) -> int:
+        """dim N': the normal dimension minus the removed symmetry directions."""
+        return self.dimensions["normal"] - sum(self.dimensions[f] for f in self.removed)
+
+
+def _pattern(numel: int, dtype: torch.dtype, device: torch.device, phase: float) -> torch.Tensor:
+    """A fixed generic vector (no RNG): sin(0.7 k + phase) + 0.3 cos(1.9 k)."""
+    k = torch.arange(numel, dtype=torch.float64)
+    return (torch.sin(0.7 * k + phase) + 0.3 * torch.cos(1.9 * k)).to(device=device, dtype=dtype)
+
+
+def _default_symmetry_rtol(dtype: torch.dtype) -> float:
+    return 10.0 * math.sqrt(torch.finfo(dtype).eps)  # 1.5e-7 in float64, 3.5e-3 in float32
+
+
+def reduced_projector(
+    structure: CloneStructure, removed: tuple[str, ...]
+) -> Callable[[Params], Params]:
+    """The orthogonal projector onto N' = N minus the families in `removed`."""
+    return lambda tensors: structure.reduced_normal(tensors, removed)
 
 
 def normal_hessian_spectrum(
     model: nn.Module,
     loss_fn: LossFn,
     steps: int,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     rtol: float = 1e-6,
+    structure: CloneStructure | None = None,
+    symmetries: tuple[str, ...] = SYMMETRY_FAMILIES,
+    symmetry_rtol: float | None = None,
 ) -> NormalSpectrum:
-    """Extreme eigenvalues of H on the normal space of `model`'s cloning manifold, and the verdict.
+    """Extreme eigenvalues of H on the reduced normal space of a clone partition, and the verdict.
 
-    Lanczos (`steps` iterations) on v -> P H P v from a random normal start drawn from `generator`.
-    An eigenvalue with |lambda| <= rtol * max(|lambda_min|, |lambda_max|) counts as zero.
+    `structure`: the partition (default: the planted one of a `core.cloning.expand`ed model).
+    `symmetries`: the families to check and, when null for `loss_fn`, remove (default: all of
+    `SYMMETRY_FAMILIES`; () keeps the full normal space). Lanczos runs `steps` iterations on
+    v -> P' H P' v from a random start drawn from `generator`, or from a fixed generic vector when
+    it is None. An eigenvalue counts as zero when |lambda| <= max(rtol * max(|lambda_min|,
+    |lambda_max|), the residuals of the two extreme Ritz pairs).
     """
-    params = _parameters(model)
-
-    def project(vector: torch.Tensor) -> torch.Tensor:
-        return _flatten(normal_component(model, _unflatten(vector, params)))
-
-    def matvec(vector: torch.Tensor) -> torch.Tensor:
-        hv = hessian_vector_product(loss_fn, params, _unflatten(project(vector), params))
-        return project(_flatten(hv))
-
-    flat = _flatten(params)
-    noise = torch.randn(flat.shape, generator=generator, dtype=flat.dtype, device=generator.device)
-    start = project(noise.to(flat.device))
-    if float(start.norm()) == 0.0:
+    unknown = [f for f in symmetries if f not in SYMMETRY_FAMILIES]
+    if unknown:
         raise ValueError(
-            "the model has no normal directions: it is not a clone (clone_factor 1, or every "
-            "parameter untouched by expansion); clone it with core.cloning.expand first"
+            f"unknown symmetry families {unknown}; valid: {', '.join(SYMMETRY_FAMILIES)}"
         )
-    values, vectors = lanczos(matvec, start, steps)
+    structure = CloneStructure.of_clone(model) if structure is None else structure
+    params = _parameters(model)
+    flat = _flatten(params)
+    dims = structure.dimensions(params)
+    if dims["normal"] == 0:
+        raise ValueError(
+            "the model has no normal directions: it is not a clone (no block holds two units); "
+            "clone it with core.cloning.expand, or diagnose it with core.diagnose"
+        )
+
+    def hv(vector: torch.Tensor) -> torch.Tensor:
+        return _flatten(hessian_vector_product(loss_fn, params, _unflatten(vector, params)))
+
+    def apply(projector: Callable[[Params], Params], vector: torch.Tensor) -> torch.Tensor:
+        return _flatten(projector(_unflatten(vector, params)))
+
+    normal_start = apply(structure.normal, _pattern(flat.numel(), flat.dtype, flat.device, 0.3))
+    scale = float(apply(structure.normal, hv(normal_start)).norm() / normal_start.norm())
+    rtol_sym = _default_symmetry_rtol(flat.dtype) if symmetry_rtol is None else symmetry_rtol
+    checks, removed = {}, []
+    for family in symmetries:
+        if dims[family] == 0:
+            continue
+        part = lambda t, f=family: structure.symmetry_part(f, t)  # noqa: E731
+        v = apply(part, _pattern(flat.numel(), flat.dtype, flat.device, 1.1))
+        ratio = float(hv(v).norm() / v.norm()) / max(scale, 1e-300)
+        checks[family] = ratio
+        if ratio <= rtol_sym:
+            removed.append(family)
+    project = reduced_projector(structure, tuple(removed))
+
+    if generator is None:
+        noise = _pattern(flat.numel(), flat.dtype, flat.device, 2.3)
+    else:
+        noise = torch.randn(
+            flat.shape, generator=generator, dtype=flat.dtype, device=generator.device
+        )
+    start = apply(project, noise.to(flat.device))
+    if float(start.norm()) == 0.0:
+        raise ValueError("the reduced normal space is empty: every normal direction is a symmetry")
+    values, vectors, residuals = lanczos(
+        lambda v: apply(project, hv(apply(project, v))),
+        start,
+        steps,
+        project=lambda v: apply(project, v),
+    )
     lo, hi = float(values[0]), float(values[-1])
+    tol = max(rtol * max(abs(lo), abs(hi)), float(residuals[0]), float(residuals[-1]))
     return NormalSpectrum(
         ritz_values=values,
+        residuals=residuals,
         lambda_min=lo,
         lambda_max=hi,
-        verdict=verdict(lo, hi, rtol * max(abs(lo), abs(hi))),
+        verdict=verdict(lo, hi, tol),
+        tolerance=tol,
         min_direction=_unflatten(vectors[:, 0].clone(), params),
         max_direction=_unflatten(vectors[:, -1].clone(), params),
+        dimensions=dims,
+        removed=tuple(removed),
+        symmetry_checks=checks,
     )
 
 
 @dataclass(frozen=True)
 class Escape:
-    """Distance to the cloning manifold under gradient descent after a normal perturbation."""
+    """Distance to the (reduced) cloning manifold under gradient descent after a perturbation."""
 
     distances: list[float]  # d_t, t = 0 .. steps (d_0 = eps when the model starts on M)
     rate: float  # fitted growth rate per step: d_t ~ exp(c + rate t) over the fitted steps
     fit_from: int  # first step of the fit
+    required_steps: int | None  # ESCAPE_EFOLDS / (lr |lambda|) of the direction's curvature
+    horizon_too_short: bool  # steps < required_steps: the fitted rate is not comparable
+
+
+def required_steps(lr: float, curvature: float) -> int | None:
+    """ceil(ESCAPE_EFOLDS / (lr |curvature|)): steps for the deviation to change by e^3."""
+    if curvature == 0.0 or lr <= 0.0:
+        return None
+    return math.ceil(ESCAPE_EFOLDS / (lr * abs(curvature)))
 
 
 def escape_rate(
@@ -191,47 +311,70 @@ def escape_rate(
     eps: float,
     steps: int,
     lr: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     direction: Params | None = None,
     fit_from: int | None = None,
+    structure: CloneStructure | None = None,
+    removed: tuple[str, ...] = (),
+    curvature: float | None = None,
 ) -> Escape:
-    """Inject eps v (v a unit normal vector), run `steps` gradient-descent steps, fit the rate.
+    """Inject eps v (v a unit vector of N'), run `steps` gradient-descent steps, fit the rate.
 
     `loss_fn_of(m)` builds the loss of module m (e.g. `lambda m: model_loss(m, x, y)`); the model
-    itself is not changed (a copy is trained). v is `direction` projected onto the normal space,
-    else a random normal vector from `generator`. The rate is the least-squares slope of log d_t
-    over t >= fit_from (default steps // 2, past the transients of the faster modes); it tends to
-    max_lambda log|1 - lr lambda| over the normal spectrum (`predicted_rate`).
+    itself is not changed (a copy is trained). v is `direction` projected onto N' (pass the
+    spectrum's `min_direction`: the softest normal eigenvector), else a random vector from
+    `generator`. The distance is ||P' theta_t|| (N' = the normal space of `structure` minus the
+    `removed` symmetry families). The rate is the least-squares slope of log d_t over t >= fit_from
+    (default steps // 2); along an eigenvector of curvature lambda it is log|1 - lr lambda|.
+    With `curvature` (the direction's eigenvalue) the escape reports whether `steps` reaches
+    `required_steps(lr, curvature)`.
     """
+    structure = CloneStructure.of_clone(model) if structure is None else structure
+    project = reduced_projector(structure, removed)
     moved = copy.deepcopy(model)
     params = _parameters(moved)
     if direction is None:
+        if generator is None:
+            raise ValueError("escape_rate needs a direction or a generator to draw one")
         direction = {
             name: torch.randn(t.shape, generator=generator, dtype=t.dtype, device=generator.device)
             for name, t in params.items()
         }
-    normal = normal_component(moved, {k: v.to(params[k].device) for k, v in direction.items()})
+    normal = project({k: direction[k].to(params[k].device) for k in params})
     norm = math.sqrt(sum(float(v.pow(2).sum()) for v in normal.values()))
     if norm == 0.0:
         raise ValueError("the perturbation has no normal component (is the model a clone?)")
     leaves = dict(moved.named_parameters())
+
+    def distance() -> float:
+        return math.sqrt(
+            sum(float(v.double().pow(2).sum()) for v in project(_parameters(moved)).values())
+        )
+
     with torch.no_grad():
         for name, v in normal.items():
             leaves[name].add_(v, alpha=eps / norm)
     loss_fn = loss_fn_of(moved)
-    distances = [manifold_distance(moved)]
+    distances = [distance()]
     for _ in range(steps):
         grads = torch.autograd.grad(loss_fn(leaves), list(leaves.values()), allow_unused=True)
         with torch.no_grad():
             for p, g in zip(leaves.values(), grads):
                 if g is not None:
                     p.sub_(g, alpha=lr)
-        distances.append(manifold_distance(moved))
+        distances.append(distance())
     start = steps // 2 if fit_from is None else fit_from
     t = torch.arange(start, steps + 1, dtype=torch.float64)
     logd = torch.tensor(distances[start:], dtype=torch.float64).clamp_min(1e-300).log()
     slope = float(((t - t.mean()) * (logd - logd.mean())).sum() / ((t - t.mean()) ** 2).sum())
-    return Escape(distances=distances, rate=slope, fit_from=start)
+    need = None if curvature is None else required_steps(lr, curvature)
+    return Escape(
+        distances=distances,
+        rate=slope,
+        fit_from=start,
+        required_steps=need,
+        horizon_too_short=need is not None and steps < need,
+    )
 
 
 def predicted_rate(ritz_values: torch.Tensor, lr: float) -> float:

@@ -1,5 +1,4 @@
-"""Cloning, escape by dropout, and SGD vs Adam (paper §2, Fig. 2.1 and B.x; paper_spec §7.2
-grid B).
+"""Cloning, escape by dropout, and SGD vs Adam (paper §2, §B.1, Fig. 2.1 and B.x).
 
     python -m sweeps run cloning_dropout --scale paper  # 1,080 runs
     make sweep-cloning                                   # both cloning studies at the smoke scale
@@ -10,7 +9,9 @@ x dropout {0, 0.1, 0.2} x {SGD, Adam} x lr {1e-2, 1e-3, 1e-4} x 5 seeds (40-44) 
 reference's shell script dropped its seed, optimizer and lr flags; here they are part of every
 run's config). `paper` uses SGD without momentum; `reference` the momentum 0.9 of the paper's code.
 Expected: with p = 0 the clone stays exactly on the manifold under SGD and Adam (cloning score 1);
-dropout breaks the symmetry and the clone escapes. `smoke`: 4 trials on a generated dataset.
+dropout breaks the symmetry and the clone escapes. p is all dropout, the ViT's attention dropout
+included (the reference code left it at 0.1 in every ViT run). `smoke`: 4 trials on a generated
+dataset.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def param_space(scale: str) -> dict:
     space = {
         "model.arch": tune.grid_search(["mlp", "cnn", "resnet", "vit"]),
         "model.norm": tune.grid_search(["batch", "layer", "none"]),
+        # p is all dropout: a ViT's attention dropout follows model.dropout (ModelConfig), and
+        # the copies of a cloned head share one attention mask (model.independent_head_masks).
         "model.dropout": tune.grid_search([0.0, 0.1, 0.2]),
         "optimizer.name": tune.grid_search(["sgd", "adam"]),
         "optimizer.lr": tune.grid_search([1e-2, 1e-3, 1e-4]),

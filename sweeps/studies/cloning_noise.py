@@ -1,4 +1,4 @@
-"""Cloning, escape by noisy SGD (paper §2, Fig. 2.1 and B.x; paper_spec §7.2 grid A).
+"""Cloning, escape by noisy SGD (paper §2, §B.1, Fig. 2.1 and B.x).
 
     python -m sweeps run cloning_noise --scale paper    # 900 runs
     make sweep-cloning                                   # both cloning studies at the smoke scale
@@ -47,6 +47,7 @@ SMOKE = {
 def base_config() -> dict:
     return {
         **PROTOCOL,
+        # No dropout of any kind: a ViT's attention dropout follows model.dropout (ModelConfig).
         "model.dropout": 0.0,
         "optimizer.name": "sgd",
         "optimizer.lr": 0.01,

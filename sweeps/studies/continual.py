@@ -1,4 +1,4 @@
-"""Continual learning on Tiny ImageNet (paper §3.1, Fig. 3.x; paper_spec §7.1).
+"""Continual learning on Tiny ImageNet (paper §3.1, Fig. 3.x).
 
     python -m sweeps run continual --scale paper        # 360 runs
     make sweep-continual                                 # the smoke scale, then the aggregate

@@ -1,4 +1,4 @@
-"""Run records written by hand as the contract says (docs/experiments.md), for the tests."""
+"""Run records written by hand in the layout of core.run.schema, for the tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.run import schema
+
 
 def write_run(
     run_dir: Path,
@@ -14,22 +16,26 @@ def write_run(
     rows: list[tuple],
     status: str = "completed",
     chunks: int = 1,
+    experiment: str | None = "cloning",
+    reason: str = "",
 ) -> Path:
-    """A run record: config.json, status.json, metrics/part-*.parquet of `rows`
-    (step, split, layer, metric, value), split into `chunks` files."""
+    """A run record: config.json (core.run.schema.config_document; `experiment=None` leaves the
+    entry out, as records written before it existed), status.json, metrics/part-*.parquet of
+    `rows` (step, split, layer, metric, value), split into `chunks` files."""
     run_id = run_dir.name
-    (run_dir / "metrics").mkdir(parents=True)
-    (run_dir / "config.json").write_text(
-        json.dumps({"run_id": run_id, "config": config, "provenance": {"git_sha": "abc"}})
-    )
-    (run_dir / "status.json").write_text(json.dumps({"status": status, "reason": ""}))
-    frame = pd.DataFrame(rows, columns=["step", "split", "layer", "metric", "value"])
+    schema.metrics_dir(run_dir).mkdir(parents=True)
+    document = schema.config_document(run_id, experiment or "cloning", config, {"git_sha": "abc"})
+    if experiment is None:
+        del document["experiment"]
+    schema.config_path(run_dir).write_text(json.dumps(document))
+    schema.status_path(run_dir).write_text(json.dumps({"status": status, "reason": reason}))
+    frame = pd.DataFrame(rows, columns=list(schema.COLUMNS[1:]))
     frame.insert(0, "run_id", run_id)
     frame["step"] = frame["step"].astype("int64")
     size = -(-len(frame) // chunks)
     for i in range(chunks):
         part = frame.iloc[i * size : (i + 1) * size]
-        part.to_parquet(run_dir / "metrics" / f"part-{i:06d}.parquet", index=False)
+        part.to_parquet(schema.chunk_path(run_dir, i), index=False)
     return run_dir
 
 

@@ -11,18 +11,19 @@ def test_profiles_resolve_and_overrides_apply():
     assert get_profile("a100") == PROFILES["a100"]
     short = get_profile("a100", time_min=240, qos="short")
     assert (short.time_min, short.qos, short.gpus_per_node) == (240, "short", 4)
-    assert get_profile("local").gpus_per_node == 0
+    assert get_profile("local").gpus_per_node == get_profile("cpu").gpus_per_node == 0
+    assert PROFILES["a100"].partition is None  # no site-specific partition
 
 
 def test_unknown_profile_lists_the_profiles():
-    with pytest.raises(ValueError, match=r"unknown SLURM profile 'h100'; profiles: a100, local"):
+    with pytest.raises(ValueError, match=r"profile 'h100'; profiles: a100, cpu, local"):
         get_profile("h100")
 
 
 def test_misspelt_field_lists_the_fields():
     with pytest.raises(ValueError, match=r"unknown profile field\(s\) time_mins; valid fields: "):
         get_profile("a100", time_mins=60)
-    with pytest.raises(ValueError, match="partition, gpus_per_node, cpus_per_task, mem_gb"):
+    with pytest.raises(ValueError, match="device, gpus_per_node, cpus_per_task, mem_gb, time_min"):
         get_profile("a100", gpu=1)
 
 

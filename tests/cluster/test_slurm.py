@@ -36,10 +36,18 @@ def test_submitit_round_trip_and_failure_names_the_logs(slurm: LocalSlurm, tmp_p
 
 
 def _statuses(sweep_dir: Path) -> dict[str, str]:
+    """The status of each grid point's run record."""
     return {
         p.parent.name: json.loads(p.read_text())["status"]
         for p in (sweep_dir / "runs").glob("*/status.json")
     }
+
+
+def _journal(sweep_dir: Path, event: str) -> list[dict]:
+    """The driver's journal of trial starts or ends (attempts.jsonl)."""
+    path = sweep_dir / "attempts.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [entry for entry in map(json.loads, lines) if entry["event"] == event]
 
 
 def _files(run_dir: Path) -> dict[str, tuple[int, int]]:
@@ -67,19 +75,23 @@ def _finish_after_requeue(job) -> str:
     log = _job_log(job)
     assert f"Requeued job {job.job_id}" in log
     assert f"sweep job {job.job_id} (run 1)" in log, "the job did not run again after requeue"
-    assert summary == {
+    counts = ("study", "scale", "planned", "completed", "failed", "unfinished", "pending")
+    assert {k: summary[k] for k in counts} == {
         "study": "bitflip",
         "scale": "smoke",
         "planned": 4,
-        "started": 4,
         "completed": 4,
+        "failed": 0,
+        "unfinished": 0,
+        "pending": 0,
     }, log[-3000:]
+    assert summary["failures"] == []
     return log
 
 
-def _tune_completed(job: submitit.Job) -> list[str]:
-    """Trial ids that Tune's progress report (in the job's log) shows as completed."""
-    return re.findall(r"Trial run_trial_(\w+?) completed after", _job_log(job))
+def _completed(sweep_dir: Path) -> list[str]:
+    """The points whose run records say completed."""
+    return [point for point, status in _statuses(sweep_dir).items() if status == "completed"]
 
 
 @pytest.mark.slow
@@ -93,10 +105,9 @@ def test_smoke_sweep_is_preempted_requeued_and_finishes_without_rerunning(
     dry = submit_sweep("bitflip", "smoke", sweep_dir, dry_run=True, **resources)
     assert normalised(submitted, sweep_dir) == normalised(dry, sweep_dir)
 
-    # Preempt once Tune has processed a trial's completion (its progress report says so), not
-    # merely once the trial's record says completed: that trial must never start again.
+    # Preempt once a point's record says completed: the records decide what runs again.
     deadline = time.monotonic() + 240
-    while not (finished := _tune_completed(job)):
+    while not (finished := _completed(sweep_dir)):
         assert job.state in ("PENDING", "RUNNING", "UNKNOWN"), _job_log(job)[-3000:]
         assert time.monotonic() < deadline, f"no trial finished in time\n{_job_log(job)[-3000:]}"
         time.sleep(0.2)
@@ -107,10 +118,10 @@ def test_smoke_sweep_is_preempted_requeued_and_finishes_without_rerunning(
     log = _finish_after_requeue(job)
     assert "this job is preempted" in log
     assert re.search(r"ssh -N -L 8265:127\.0\.0\.\d+:\d+ ", log) and "ray_auth_token" in log
-    for run in finished:  # a trial finished before the preemption was not run again
-        assert log.count(f"Trial run_trial_{run} started") == 1, run
-        assert _files(sweep_dir / "runs" / run) == snapshots[run], run
-    assert all(log.count(f"Trial run_trial_{run} completed") == 1 for run in _statuses(sweep_dir))
+    starts = [entry["point"] for entry in _journal(sweep_dir, "start")]
+    for point in finished:  # a point finished before the preemption was not run again
+        assert starts.count(point) == 1, point
+        assert _files(sweep_dir / "runs" / point) == snapshots[point], point
     rows = pd.concat(
         [pd.read_parquet(p) for p in sorted(sweep_dir.glob("runs/*/members/*/metrics/*.parquet"))]
     )
@@ -154,7 +165,7 @@ def test_smoke_sweep_on_two_nodes_uses_both_and_resumes_on_both_after_requeue(
     # One CPU per node and per trial: the two trials that run at once are on different nodes.
     job = submit_sweep("bitflip", "smoke", sweep_dir, profile="local", nodes=2, cpus_per_task=1)
     deadline = time.monotonic() + 240
-    while not (finished := _tune_completed(job)):
+    while not (finished := _completed(sweep_dir)):
         assert job.state in ("PENDING", "RUNNING", "UNKNOWN"), _job_log(job)[-3000:]
         assert time.monotonic() < deadline, f"no trial finished in time\n{_job_log(job)[-3000:]}"
         time.sleep(0.2)
@@ -168,15 +179,15 @@ def test_smoke_sweep_on_two_nodes_uses_both_and_resumes_on_both_after_requeue(
     assert len(clusters) == 2, log[-3000:]
     head_ip, worker_ip = clusters[0]
     assert clusters[1] == clusters[0] and worker_ip == slurm.nodes[1] != head_ip
-    last_results = [
-        json.loads(p.read_text().splitlines()[-1]) for p in sweep_dir.glob("tune/*/result.json")
-    ]
-    assert len(last_results) == 4
-    assert {r["node_ip"] for r in last_results} == {head_ip, worker_ip}, "trials on one node"
+    # Where the trials ran: the node of each attempt's first report (the driver's journal).
+    placed = _journal(sweep_dir, "placed")
+    assert {entry["point"] for entry in placed} == set(_statuses(sweep_dir))
+    assert {entry["node_ip"] for entry in placed} == {head_ip, worker_ip}, "trials on one node"
 
-    # Every run record is complete: 4 trials x 3 seeds, each member to its last step, once; the
-    # trials finished before the preemption were not run again.
-    assert all(log.count(f"Trial run_trial_{run} started") == 1 for run in finished)
+    # Every run record is complete: 4 points x 3 seeds, each member to its last step, once; the
+    # points finished before the preemption were not run again.
+    starts = [entry["point"] for entry in _journal(sweep_dir, "start")]
+    assert all(starts.count(point) == 1 for point in finished)
     members = sorted(sweep_dir.glob("runs/*/members/*"))
     assert len(members) == 12
     assert set(_statuses(sweep_dir).values()) == {"completed"}

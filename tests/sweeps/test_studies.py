@@ -8,7 +8,7 @@ import pytest
 from ray import tune
 
 from sweeps import driver
-from sweeps.configs import count_grid, first_point
+from sweeps.configs import count_grid, first_point, point_id
 from sweeps.studies import STUDIES, get_study
 
 PAPER_TRIALS = {"cloning_noise": 900, "cloning_dropout": 1080, "continual": 360}
@@ -73,3 +73,38 @@ def test_bitflip_paper_counts():
     sgd_trials = trials // len(space["method"]["grid_search"])
     assert sgd_trials * members_per_trial(space) == 280  # the paper's baseline grid
     assert space["seed"] == tuple(range(30, 100)) and space["steps"] == 5_000_000
+
+
+def test_preflight_refuses_a_bad_value_of_any_grid_point(monkeypatch):
+    """The first point is valid, the last is not: the plan builds every point's config."""
+    real = get_study("continual")
+    broken = types.SimpleNamespace(
+        EXPERIMENT="continual",
+        SCALES=("smoke",),
+        base_config=real.base_config,
+        param_space=lambda scale: {
+            **real.param_space("smoke"),
+            "model.activation": tune.grid_search(["relu", "rleu"]),
+        },
+        resources=real.resources,
+    )
+    monkeypatch.setattr(driver, "get_study", lambda name: broken)
+    assert first_point(driver.resolved_space("continual", "smoke"))["model.activation"] == ("relu")
+    with pytest.raises(ValueError, match="rleu") as err:
+        driver.plan("continual", "smoke")
+    assert "relu" in str(err.value)  # the valid values are listed
+
+
+def test_plan_ids_every_point_once():
+    points = driver.plan("cloning_dropout", "paper", prepare_data=False)
+    assert len(points) == 1080
+    assert all(point_id(p) == i for i, p in points.items())
+
+
+def test_plan_command_prints_the_points_and_axes_after_preflight(capsys):
+    from sweeps.__main__ import main
+
+    assert main(["plan", "continual", "--scale", "smoke"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "continual (scale smoke): 4 grid points, each config valid, data ready"
+    assert "  model.arch: mlp, cnn" in out and "  seed: 0, 1" in out

@@ -1,11 +1,16 @@
-"""Smoke sweeps end to end through local Ray: run records, the MLflow mirror, and resuming a
-sweep whose driver was killed."""
+"""Sweeps end to end through `python -m sweeps run` and a real local Ray, real run records and a
+real MLflow store: the make targets, kills of the driver and of trial workers, a failing grid
+point, two sweeps side by side, a second driver on a running sweep, and Ray's ports probed from
+another process without the token.
+
+Most use the null experiment (sweeps.loadtest): real records at a short cadence, no compute."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,35 +22,81 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from core.experiments import continual
-from core.experiments.overrides import apply_overrides
-from core.records import RunRecord, checkpoint_paths, load_metrics
+from core.run import schema
+from core.run.config import apply_overrides
+from core.run.record import RunRecord, load_metrics
+from sweeps.driver import plan
+from sweeps.mirror import flatten, metric_key
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY = ["run_id", "step", "split", "layer", "metric"]
+KEY = list(schema.KEY)
+PROBE = Path(__file__).with_name("ray_probe.py")
 
 
 def sweep_cmd(study: str, sweep_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "sweeps", "run", study, "--sweep-dir", str(sweep_dir), *extra]
 
 
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"the driver did not finish\n{log.read_text()[-3000:]}") from None
+
+
+def summary_of(stdout: str) -> dict:
+    """The summary a driver prints last (pretty-printed JSON from a line `{` to the end)."""
+    lines = stdout.splitlines()
+    first = len(lines) - 1 - lines[::-1].index("{")
+    return json.loads("\n".join(lines[first:]))
+
+
 def statuses(sweep_dir: Path) -> dict[str, str]:
-    return {
-        p.parent.name: json.loads(p.read_text())["status"]
-        for p in (sweep_dir / "runs").glob("*/status.json")
-    }
+    runs = sweep_dir / "runs"
+    found = {p.name: schema.read_status(p) for p in runs.iterdir()} if runs.exists() else {}
+    return {point: status["status"] for point, status in found.items() if status}
 
 
 def all_rows(sweep_dir: Path) -> pd.DataFrame:
-    return pd.concat(
-        [pd.read_parquet(p) for p in sorted(sweep_dir.glob("runs/*/metrics/*.parquet"))],
-        ignore_index=True,
-    )
+    return pd.concat([load_metrics(p) for p in (sweep_dir / "runs").iterdir()], ignore_index=True)
 
 
 def mlflow_runs(sweep_dir: Path):
     client = MlflowClient(f"sqlite:///{sweep_dir}/mlflow.db")
     experiment = client.get_experiment_by_name(sweep_dir.name)
     return client, client.search_runs([experiment.experiment_id])
+
+
+def assert_mirror_equals_records(sweep_dir: Path) -> None:
+    """One MLflow run per point, FINISHED, whose metric histories are the record's rows."""
+    client, runs = mlflow_runs(sweep_dir)
+    points = sorted(r.data.tags["lop.point"] for r in runs)
+    assert points == sorted(statuses(sweep_dir)), "not one MLflow run per grid point"
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        rows = load_metrics(sweep_dir / "runs" / run.data.tags["lop.point"])
+        expected = {
+            (metric_key(s, la, m), step, value)
+            for s, la, m, step, value in zip(
+                rows["split"], rows["layer"], rows["metric"], rows["step"], rows["value"]
+            )
+        }
+        got = [
+            (m.key, m.step, m.value)
+            for key in run.data.metrics
+            for m in client.get_metric_history(run.info.run_id, key)
+        ]
+        assert len(got) == len(set(got)) == len(rows), "MLflow history != the record's rows"
+        assert set(got) == expected
 
 
 # Student-t 0.975 quantiles for the smoke scales' seed counts (2 and 3 seeds), from tables.
@@ -65,14 +116,12 @@ def expected_table(sweep_dir: Path, split: str, metric: str, by: list[str]) -> p
     """The aggregate table computed here from the run records: the final `metric` of `split` per
     run, grouped by `by`, mean, std and the t-interval of the seeds."""
     values = []
-    for status in sweep_dir.glob("runs/**/status.json"):
-        run_dir = status.parent
+    for run_dir in schema.find_records(sweep_dir / "runs"):
         rows = load_metrics(run_dir)
         rows = rows[(rows["split"] == split) & (rows["layer"] == "") & (rows["metric"] == metric)]
         if rows.empty:  # a bit-flip trial's own record: ensemble summaries only
             continue
-        config = json.loads((run_dir / "config.json").read_text())["config"]
-        flat = pd.json_normalize(config).iloc[0]
+        flat = pd.json_normalize(schema.read_config(run_dir)["config"]).iloc[0]
         values.append({**{k: flat[k] for k in by}, "value": rows.iloc[-1]["value"]})
     table = pd.DataFrame(values).groupby(by)["value"].agg(["count", "mean", "std"]).reset_index()
     half = table["count"].map(T_975) * table["std"] / table["count"] ** 0.5
@@ -96,21 +145,23 @@ def test_make_target_runs_the_smoke_sweeps_and_prints_their_intervals(tmp_path, 
     for study, (split, metric) in MAKE_TARGETS[target].items():
         sweep_dir = tmp_path / f"{study}-smoke"
         runs = statuses(sweep_dir)
-        assert sorted(runs.values()) == ["completed"] * 4, runs  # every smoke study: 4 trials
+        assert sorted(runs.values()) == ["completed"] * 4, runs  # every smoke study: 4 points
         rows = all_rows(sweep_dir)
-        assert list(rows.columns) == ["run_id", "step", "split", "layer", "metric", "value"]
+        assert list(rows.columns) == list(schema.COLUMNS)
         assert set(rows["run_id"]) == set(runs) and not rows.duplicated(KEY).any()
 
-        client, mruns = mlflow_runs(sweep_dir)
+        _, mruns = mlflow_runs(sweep_dir)
         assert len(mruns) == 4
         for run in mruns:
             tags, params = run.data.tags, run.data.params
             assert run.info.status == "FINISHED"
             assert tags["study"] == study and tags["scale"] == "smoke"
-            assert tags["status"] == "completed" and tags["trial_id"] in runs
-            assert len(tags["git_sha"]) == 40 and tags["seed"] == params["seed"]
-            key = next(iter(run.data.metrics))
-            assert len(client.get_metric_history(run.info.run_id, key)) >= 2  # over steps
+            assert tags["status"] == "completed" and tags["lop.point"] in runs
+            # the record's code (its provenance) and the driver's at the trial's start
+            assert len(tags["git_sha"]) == len(tags["attempt.1.git_sha"]) == 40
+            assert tags["seed"] == params["seed"] and tags["package.torch"]
+            config = schema.read_config(sweep_dir / "runs" / tags["lop.point"])["config"]
+            assert params == {k: str(v) for k, v in flatten(config).items()}  # the full config
 
         # the table printed for this sweep is the CSV the aggregate wrote; its numbers are right
         table = sweep_dir / "analysis" / f"{split}-{metric}-final.csv"
@@ -119,68 +170,27 @@ def test_make_target_runs_the_smoke_sweeps_and_prints_their_intervals(tmp_path, 
         printed = out.stdout[out.stdout.rindex(title, 0, end) : end].splitlines()[1:]
         written = pd.read_csv(table)
         by = list(written.columns[: list(written.columns).index("n")])
-        assert printed[0].split() == [*by, "n", "mean", "std", "ci_low", "ci_high", "note"]
+        header = printed[0].split()
+        assert header == list(written.columns)
         assert len(printed) == 1 + len(written)
-        for line, row in zip(printed[1:], written.itertuples(index=False)):
-            cells = line.split()
-            assert cells[: len(by)] == [str(v) for v in row[: len(by)]]
-            assert int(cells[len(by)]) == row.n
-            assert [float(c) for c in cells[len(by) + 1 :]] == pytest.approx(row[-5:-1], 1e-5)
+        numbers = ["mean", "std", "ci_low", "ci_high"]
+        for line, (_, row) in zip(printed[1:], written.iterrows()):
+            cells = dict(zip(header, line.split()))
+            assert [cells[k] for k in by] == [str(row[k]) for k in by]
+            assert int(cells["n"]) == row["n"]
+            assert [float(cells[k]) for k in numbers] == pytest.approx(row[numbers], 1e-5)
         expected = expected_table(sweep_dir, split, metric, by)
         assert list(written["n"]) == list(expected["count"])
         for column in ("mean", "std", "ci_low", "ci_high"):
             assert written[column].to_numpy() == pytest.approx(expected[column].to_numpy(), 1e-9)
 
 
-def _snapshot(run_dir: Path) -> dict[str, int]:
-    files = [run_dir / "status.json", run_dir / "config.json", *run_dir.glob("metrics/*")]
-    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
-
-
-@pytest.mark.slow
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    sweep_dir = tmp_path / "continual-smoke"
-    log = (tmp_path / "first.log").open("w")
-    driver = subprocess.Popen(
-        sweep_cmd("continual", sweep_dir),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and "completed" not in statuses(sweep_dir).values():
-            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.1)
-        os.killpg(driver.pid, signal.SIGKILL)
-    finally:
-        driver.wait()
-        log.close()
-    first = (tmp_path / "first.log").read_text()
-    assert "Ray dashboard: http://127.0.0.1:" in first
-    before = statuses(sweep_dir)
-    finished = {run for run, status in before.items() if status == "completed"}
-    assert finished and len(finished) < 4, before
-    snapshots = {run: _snapshot(sweep_dir / "runs" / run) for run in finished}
-
-    out = subprocess.run(
-        sweep_cmd("continual", sweep_dir, "--no-dashboard"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    after = statuses(sweep_dir)
-    assert sorted(after.values()) == ["completed"] * 4 and set(before) <= set(after)
-    for run in finished:  # finished trials were not run again: their records are untouched
-        assert _snapshot(sweep_dir / "runs" / run) == snapshots[run]
-    rows = all_rows(sweep_dir)
-    assert not rows.duplicated(KEY).any()
-    # every run logged the same steps as an uninterrupted one would: compare two seeds' step sets
-    steps = rows.groupby("run_id")["step"].apply(lambda s: tuple(sorted(set(s))))
-    assert steps.nunique() == 1
+def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _descendants(pid: int) -> list[int]:
@@ -200,72 +210,247 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _trial_workers(driver_pid: int) -> list[int]:
-    """The Ray worker processes of this driver that run a trial (`ray::ImplicitFunc.train`)."""
-    workers = []
-    for pid in _descendants(driver_pid):
+    """The Ray worker processes of this driver that run a trial (`ray::SweepTrial...`)."""
+    return [p for p in _descendants(driver_pid) if _cmdline(p).startswith(b"ray::SweepTrial")]
+
+
+def _caught_between_checkpoints(sweep_dir: Path, last_step: int) -> str | None:
+    """A point whose record is running and has a checkpoint before its last step."""
+    for point, status in statuses(sweep_dir).items():
+        steps = list(schema.checkpoint_paths(sweep_dir / "runs" / point))
+        if status == "running" and steps and steps[-1] < last_step:
+            return point
+    return None
+
+
+@pytest.mark.slow
+def test_kills_of_workers_and_driver_and_reruns_leave_one_record_and_mlflow_run_per_point(
+    tmp_path,
+):
+    """Worker SIGKILL (Tune retries the trial from its record's checkpoint), driver SIGKILL
+    (with its Ray), a re-run, and a re-run of the finished sweep: one record per point with every
+    row once, finished points never run again, one MLflow run per point equal to its rows."""
+    sweep_dir = tmp_path / "null-slow"
+    log = tmp_path / "first.log"
+    driver = start(sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "slow"), log)
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline:  # kill one trial's worker mid-run
+        assert driver.poll() is None, log.read_text()[-3000:]
+        point = _caught_between_checkpoints(sweep_dir, 2000)
+        workers = _trial_workers(driver.pid) if point else []
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        victim = point if workers else None
+        time.sleep(0.05)
+    assert victim is not None, "no trial was caught between two checkpoints"
+    while time.time() < deadline and list(statuses(sweep_dir).values()).count("completed") < 2:
+        assert driver.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray, mid-sweep
+    driver.wait()
+    assert "Ray dashboard: http://127.0.0.1:" in log.read_text()
+    before = statuses(sweep_dir)
+    finished = {p for p, s in before.items() if s == "completed"}
+    assert 2 <= len(finished) < 4, before
+    snapshots = {p: _snapshot(sweep_dir / "runs" / p) for p in finished}
+
+    for n in (2, 3):  # a re-run finishes the sweep; a re-run of the finished sweep does nothing
+        rerun = subprocess.run(
+            sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "slow", "--no-dashboard"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert "stale lock: driver pid" in rerun.stderr or n == 3  # the killed driver's lock
+        assert summary_of(rerun.stdout)["completed"] == 4
+    assert "4 finished, 0 to run" in rerun.stdout
+    after = statuses(sweep_dir)
+    assert sorted(after) == sorted(json.loads((sweep_dir / "sweep.json").read_text())["points"])
+    assert set(after.values()) == {"completed"}
+    for point in finished:  # finished points were not run again: their records are untouched
+        assert _snapshot(sweep_dir / "runs" / point) == snapshots[point]
+    rows = all_rows(sweep_dir)
+    assert not rows.duplicated(KEY).any()
+    # every point logged the rows of an uninterrupted run: 20 log points of 4 x 6 scalars, 4
+    # probes of 2 x 150 values
+    assert (rows.groupby("run_id").size() == 20 * 4 * 6 + 4 * 2 * 150).all()
+    # the victim continued from a checkpoint of its first attempt (the attempt counter it saved)
+    summary = schema.read_status(sweep_dir / "runs" / victim)["summary"]
+    assert summary["attempts"] >= 2
+    assert_mirror_equals_records(sweep_dir)
+
+
+@pytest.mark.slow
+def test_a_failing_grid_point_fails_the_sweep_once_and_is_named(tmp_path):
+    sweep_dir = tmp_path / "null-fail"
+    out = subprocess.run(
+        sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "fail", "--no-dashboard"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = summary_of(out.stdout)
+    assert (summary["completed"], summary["failed"]) == (2, 1)
+    (failure,) = summary["failures"]
+    assert failure["values"] == {"seed": 1} and not failure["retryable"]
+    assert "ValueError: corrupt input at step 1000" in failure["reason"]
+    assert f"failed: point {failure['point']} (seed=1): ValueError" in out.stderr
+    attempts = [
+        json.loads(line) for line in (sweep_dir / "attempts.jsonl").read_text().splitlines()
+    ]
+    started = [a["point"] for a in attempts if a["event"] == "start"]
+    assert started.count(failure["point"]) == 1, "a deterministic error was retried"
+    status = schema.read_status(sweep_dir / "runs" / failure["point"])
+    assert status["status"] == "failed" and status["retryable"] is False
+
+
+def _listening(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(hex address, port, pid) of every TCP socket the processes `pids` listen on."""
+    inodes = {}
+    for pid in pids:
         try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
         except OSError:
             continue
-        if title.startswith(b"ray::ImplicitFunc"):
-            workers.append(pid)
-    return workers
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].rsplit(":", 1)
+                found.append((address, int(port, 16), inodes[fields[9]]))
+    return found
+
+
+LOOPBACK = ("0100007F", "00000000000000000000000001000000")  # 127.0.0.1, ::1 as /proc shows them
+
+
+def _own_address() -> str | None:
+    """This machine's non-loopback IPv4 address (where another machine would connect), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # no packet is sent: the kernel picks the route
+            address = s.getsockname()[0]
+        except OSError:
+            address = socket.gethostbyname(socket.gethostname())
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.slow
+def test_two_sweeps_side_by_side_a_second_driver_and_no_port_without_the_token(tmp_path):
+    """Two local sweeps (dashboards on) run at once on one machine and both finish. Meanwhile a
+    second driver on the first sweep's directory is refused, naming the first; and from another
+    process without the token, no Ray port of the first sweep on this machine's non-loopback
+    address serves anything (HTTP, gRPC, ray.init)."""
+    address = _own_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to probe")
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    drivers = [
+        start(sweep_cmd("sweeps.loadtest", d, "--scale", scale, "--num-cpus", "1"), log)
+        for d, log, scale in zip(dirs, logs, ("long", "slow"))
+    ]
+    try:
+        deadline = time.time() + 300
+        while "running" not in statuses(dirs[0]).values():
+            assert drivers[0].poll() is None, logs[0].read_text()[-3000:]
+            assert time.time() < deadline, "the first sweep started no trial"
+            time.sleep(0.1)
+
+        second = subprocess.run(
+            sweep_cmd("sweeps.loadtest", dirs[0], "--scale", "long", "--no-dashboard"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 3, second.stderr[-3000:]
+        assert f"in use by driver pid {drivers[0].pid} on host {socket.gethostname()}" in (
+            second.stderr
+        )
+
+        sockets = _listening([drivers[0].pid, *_descendants(drivers[0].pid)])
+        exposed = sorted({port for addr, port, _ in sockets if addr not in LOOPBACK})
+        gcs = [port for _, port, pid in sockets if b"gcs_server" in _cmdline(pid)]
+        assert exposed and gcs, sockets
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        probe = subprocess.run(
+            [sys.executable, str(PROBE), address, *map(str, exposed), "--gcs", str(gcs[0])],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**env, "HOME": str(tmp_path)},  # no ~/.ray/auth_token either
+        )
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        result = json.loads(probe.stdout.splitlines()[-1])
+        assert result["open"] == [], result
+        assert gcs[0] in result["unauthenticated"]  # the probe reached Ray's token check
+        assert result["ray_init"].startswith("refused"), result
+        assert drivers[0].poll() is None, "the sweep ended before the probe finished"
+
+        for driver, log in zip(drivers, logs):
+            assert wait(driver, log) == 0, log.read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+    for sweep_dir in dirs:
+        assert sorted(statuses(sweep_dir).values()) == ["completed"] * 4
+        assert not all_rows(sweep_dir).duplicated(KEY).any()
+    dashboards = [log.read_text().split("Ray dashboard: ")[1].split()[0] for log in logs]
+    assert dashboards[0] != dashboards[1]  # each on its own free port
 
 
 @pytest.mark.slow
 def test_a_trial_whose_worker_dies_is_retried_from_its_own_checkpoint(tmp_path):
-    """SIGKILL the worker processes running trials once a trial has a mid-run checkpoint: Tune
-    retries the trial (FailureConfig), the retry continues from the trial's run record, and the
+    """A real experiment: SIGKILL the workers running trials once a trial has a mid-run
+    checkpoint; Tune retries the trial, the retry continues from the point's run record, and the
     record ends equal to an uninterrupted run of the same config."""
     sweep_dir = tmp_path / "continual-smoke"
-    log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(
-        sweep_cmd("continual", sweep_dir, "--no-dashboard"),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path / "driver.log"
+    driver = start(sweep_cmd("continual", sweep_dir, "--no-dashboard"), log)
     victim = None
     try:
         deadline = time.time() + 300
         while victim is None and time.time() < deadline:
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            for run, status in statuses(sweep_dir).items():
-                steps = list(checkpoint_paths(sweep_dir / "runs" / run))
-                if status == "running" and steps and steps[-1] < 18:  # 18: the last step
-                    workers = _trial_workers(driver.pid)
-                    for pid in workers:
-                        os.kill(pid, signal.SIGKILL)
-                    victim = run if workers else None
-                    break
+            assert driver.poll() is None, log.read_text()[-3000:]
+            point = _caught_between_checkpoints(sweep_dir, 18)  # 18: the last step
+            workers = _trial_workers(driver.pid) if point else []
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            victim = point if workers else None
             time.sleep(0.05)
         assert victim is not None, "no trial was caught between two checkpoints"
-        assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert wait(driver, log) == 0, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-        log.close()
 
-    runs = statuses(sweep_dir)
-    assert sorted(runs.values()) == ["completed"] * 4
-    rows = all_rows(sweep_dir)
-    assert not rows.duplicated(KEY).any()
-    # the victim's reports come from two processes; the second began after the checkpoint,
-    # not from step 0
-    (trial_dir,) = (sweep_dir / "tune").glob(f"run_trial_{victim}_*")
-    reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-    pids = list(dict.fromkeys(r["pid"] for r in reports))
-    assert len(pids) == 2, pids
-    first_steps = [r["step"] for r in reports if r["pid"] == pids[0]]
-    retry_steps = [r["step"] for r in reports if r["pid"] == pids[1]]
-    assert min(retry_steps) > min(first_steps)
-
-    params = json.loads((trial_dir / "params.json").read_text())
+    assert sorted(statuses(sweep_dir).values()) == ["completed"] * 4
+    assert not all_rows(sweep_dir).duplicated(KEY).any()
+    assert "errored after" in log.read_text()  # Tune saw the kill and retried the trial
     torch.set_num_threads(1)  # as the trial ran (one CPU)
-    continual.run(apply_overrides(continual.Config, params), RunRecord(tmp_path / "uninterrupted"))
+    cfg = apply_overrides(continual.Config, plan("continual", "smoke")[victim])
+    continual.run(cfg, RunRecord(tmp_path / "uninterrupted"))
     key = [k for k in KEY if k != "run_id"]
     expected = load_metrics(tmp_path / "uninterrupted").drop(columns="run_id")
     got = load_metrics(sweep_dir / "runs" / victim).drop(columns="run_id")
@@ -273,3 +458,29 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_own_checkpoint(tmp_path):
         got.sort_values(key).reset_index(drop=True),
         expected.sort_values(key).reset_index(drop=True),
     )
+    assert_mirror_equals_records(sweep_dir)
+
+
+@pytest.mark.slow
+def test_the_null_sweep_at_ci_scale_leaves_few_files_and_no_tune_logs(tmp_path):
+    """The CI version of the scale test (benchmarks/bench_sweeps.py at 2,000 points): the null
+    experiment's 6 points through the real driver; the files a sweep leaves per point."""
+    sweep_dir = tmp_path / "null-ci"
+    out = subprocess.run(
+        sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "ci", "--no-dashboard"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = sorted((sweep_dir / "runs").iterdir())
+    assert len(runs) == 6
+    for run_dir in runs:  # a finished null record: its status and one compacted chunk
+        files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+        assert len(files) == 2 and files[0].startswith("metrics/part-"), files
+        assert files[1] == "status.json"
+    tune_files = [p.name for p in (sweep_dir / "tune").rglob("*") if p.is_file()]
+    logged = [n for n in tune_files if n in ("result.json", "progress.csv", "params.json")]
+    assert not logged and not [n for n in tune_files if n.startswith("events.out")], tune_files
+    assert len(tune_files) <= 5  # the experiment's own state only, not per trial

@@ -1,8 +1,11 @@
 #!/bin/bash
 
 # Parameters
+#SBATCH --account=lop
+#SBATCH --constraint=a100-80gb
 #SBATCH --cpus-per-task=32
 #SBATCH --error=<SWEEP_DIR>/slurm/%j_0_log.err
+#SBATCH --exclude=gpu07
 #SBATCH --gpus-per-node=4
 #SBATCH --job-name=lop-cloning_noise-paper
 #SBATCH --mem=240GB
@@ -11,9 +14,14 @@
 #SBATCH --open-mode=append
 #SBATCH --output=<SWEEP_DIR>/slurm/%j_0_log.out
 #SBATCH --partition=gpu
+#SBATCH --qos=long
+#SBATCH --requeue
+#SBATCH --reservation=lop-week
 #SBATCH --signal=USR2@90
-#SBATCH --time=1440
-#SBATCH --wckey=submitit
+#SBATCH --time=2880
+
+# setup
+module load cuda/12.4
 
 # command
 export SUBMITIT_EXECUTOR=slurm

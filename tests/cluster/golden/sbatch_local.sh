@@ -4,7 +4,7 @@
 #SBATCH --account=lop
 #SBATCH --cpus-per-task=2
 #SBATCH --error=<SWEEP_DIR>/slurm/%j_0_log.err
-#SBATCH --job-name=lop-cloning_noise-paper
+#SBATCH --job-name=lop-bitflip-smoke
 #SBATCH --mem=4GB
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -13,7 +13,6 @@
 #SBATCH --partition=debug
 #SBATCH --signal=USR2@90
 #SBATCH --time=20
-#SBATCH --wckey=submitit
 
 # command
 export SUBMITIT_EXECUTOR=slurm

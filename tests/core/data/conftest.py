@@ -1,5 +1,6 @@
-"""A local HTTP server for the download tests: it serves a folder on 127.0.0.1 at an ephemeral
-port, records the paths asked for, and is stopped when the test ends."""
+"""Fixtures of the data tests: every test gets its own empty cache folder (`$LOP_CACHE`), and the
+download tests a local HTTP server that serves a folder on 127.0.0.1 at an ephemeral port,
+records the paths asked for, and is stopped when the test ends."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from core.data.cache import CACHE_VARIABLE
+
+
+@pytest.fixture(autouse=True)
+def lop_cache(tmp_path_factory, monkeypatch):
+    """A fresh `$LOP_CACHE` (not yet created) per test, so no test reads or fills the user's."""
+    folder = tmp_path_factory.mktemp("lop_cache") / "cache"
+    monkeypatch.setenv(CACHE_VARIABLE, str(folder))
+    return folder
 
 
 class FileServer:

@@ -13,7 +13,7 @@ import torch
 import torchvision.datasets
 
 from core.data import load_images
-from core.data.tiny_imagenet import CACHE, FOLDER, MD5_VARIABLE, URL_VARIABLE
+from core.data.tiny_imagenet import FOLDER, MD5_VARIABLE, URL_VARIABLE, cache_path
 from tests.core.data.miniatures import (
     md5_of,
     tar_folder,
@@ -38,7 +38,7 @@ def _leftovers(root):
     return sorted(p.name for p in root.iterdir() if p.name != FOLDER)
 
 
-def test_tiny_imagenet_is_downloaded_checked_restructured_and_cached(
+def test_tiny_imagenet_is_downloaded_checked_extracted_and_cached(
     tmp_path, file_server, tiny_imagenet_zip, monkeypatch
 ):
     url, md5, expected_val = tiny_imagenet_zip
@@ -47,17 +47,17 @@ def test_tiny_imagenet_is_downloaded_checked_restructured_and_cached(
     root = tmp_path / "data"
     data = load_images("tiny_imagenet", root=root, download=True)
     assert file_server.requests == ["/tiny-imagenet-200.zip"]
-    # extracted, val/ restructured by val_annotations.txt, decoded in sorted wnid order, cached
+    # extracted as it is in the zip, val labelled by val_annotations.txt, decoded in sorted wnid
+    # order, cached outside the dataset folder
     folder = root / FOLDER
-    for name, wnid in expected_val.items():
-        assert (folder / "val" / wnid / name).is_file()
-    assert not (folder / "val" / "images").exists()
+    for name in expected_val:
+        assert (folder / "val" / "images" / name).is_file()
     assert data.train_x.shape == (9, 3, 64, 64) and data.train_x.dtype == torch.uint8
     assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert data.test_y.tolist() == [0, 0, 1, 1, 2, 2]
     flat = data.train_x.float().mean(dim=(1, 2, 3))  # class 0 is n01, the 2nd wnid: 20 + i
     assert (flat[:3] - torch.tensor([20.0, 21, 22])).abs().max() < 2
-    assert (folder / CACHE).is_file() and _leftovers(root) == []  # the zip is not kept
+    assert cache_path(root).is_file() and _leftovers(root) == []  # the zip is not kept
     # a second call reads the cache: no request, and none possible
     file_server.stop()
     again = load_images("tiny_imagenet", root=root, download=True)

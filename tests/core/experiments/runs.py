@@ -1,11 +1,13 @@
 """Running an experiment for a test: in this process (`run_in_process`), or as a real
-`python -m core.experiments.<name>` process killed with SIGKILL once it has checkpointed past a
-given step (`run_and_kill`); comparing run records (`comparable`); and the two together: a run
-killed and resumed against an uninterrupted one (`killed_and_resumed`)."""
+`python -m core.experiments.<name>` process killed with SIGKILL a seeded delay after it has
+checkpointed past a given step (`run_and_kill`, `kill_points`); comparing run records
+(`comparable`); and the two together: a run killed and resumed against an uninterrupted one
+(`killed_and_resumed`)."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,8 +17,9 @@ from types import ModuleType
 
 import pandas as pd
 
-from core.experiments.overrides import parse_overrides
-from core.records import RunRecord, checkpoint_paths, load_metrics
+from core.run.config import parse_overrides
+from core.run.record import RunRecord, load_metrics
+from core.run.schema import checkpoint_paths
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,9 +40,11 @@ def run_in_process(module: ModuleType, args: list[str], run_dir: Path) -> tuple[
     return module.run(parse_overrides(module.Config, args), record), record
 
 
-def run_and_kill(module: str, args: list[str], run_dir: Path, after_step: int) -> int:
-    """Start the experiment, SIGKILL it once a checkpoint at a step >= `after_step` exists;
-    return the step of the latest checkpoint seen. Fails if the run ends first."""
+def run_and_kill(module: str, args: list[str], run_dir: Path, after_step: int, delay: float) -> int:
+    """Start the experiment; once a checkpoint at a step >= `after_step` exists, wait `delay`
+    seconds (so that the kill lands between two log points, not right after a checkpoint) and
+    SIGKILL it; return the step of the latest checkpoint before the kill. Fails if the run ends
+    first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = run_dir.parent / f"{run_dir.name}-{after_step}.log"
     with open(log, "w") as out:
@@ -59,6 +64,8 @@ def run_and_kill(module: str, args: list[str], run_dir: Path, after_step: int) -
                 proc.kill()
                 raise AssertionError(f"{module} ended before step {after_step}:\n{log.read_text()}")
             time.sleep(0.002)
+        time.sleep(delay)
+        steps = list(checkpoint_paths(run_dir))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert RunRecord(run_dir).status == "running", "the killed run must not have finished"
@@ -74,16 +81,28 @@ def comparable(run_dir: Path) -> pd.DataFrame:
     return frame.sort_values(keys).reset_index(drop=True)
 
 
-def killed_and_resumed(module: ModuleType, args: list[str], root: Path, kills: list[int]):
-    """Run `module` uninterrupted in `root/uninterrupted`, and in `root/killed` SIGKILLed once
-    past each step of `kills` and then finished; both must end with the same summary and exactly
-    the same rows. Returns those rows (`comparable`)."""
+def kill_points(seed: int, steps: range | list[range], delay: float) -> list[tuple[int, float]]:
+    """Seeded kill points: (a step drawn from each range, a delay in [0, `delay`] s), printed so
+    that a failing draw can be rerun."""
+    draw = random.Random(seed)
+    ranges = steps if isinstance(steps, list) else [steps]
+    points = [(draw.choice(r), round(draw.uniform(0, delay), 4)) for r in ranges]
+    print(f"kill points (seed {seed}): {points}")
+    return points
+
+
+def killed_and_resumed(
+    module: ModuleType, args: list[str], root: Path, kills: list[tuple[int, float]]
+) -> pd.DataFrame:
+    """Run `module` uninterrupted in `root/uninterrupted`, and in `root/killed` SIGKILLed at each
+    (step, delay) of `kills` (see `run_and_kill`) and then finished; both must end with the same
+    summary and exactly the same rows. Returns those rows (`comparable`)."""
     reference, _ = run_in_process(module, args, root / "uninterrupted")
-    for after in kills:
-        run_and_kill(module.__name__, args, root / "killed", after)
+    for after, delay in kills:
+        run_and_kill(module.__name__, args, root / "killed", after, delay)
     resumed, record = run_in_process(module, args, root / "killed")
     assert record.status == "completed"
-    assert resumed == reference, f"kills after steps {kills}"
+    assert resumed == reference, f"kills {kills}"
     expected, got = comparable(root / "uninterrupted"), comparable(root / "killed")
-    pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=f"kills after {kills}")
+    pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=f"kills {kills}")
     return expected

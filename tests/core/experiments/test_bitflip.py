@@ -12,11 +12,13 @@ import torch
 
 from core.experiments import bitflip
 from core.experiments.bitflip import Config, build, run, train
-from core.records import RunRecord, load_metrics
+from core.run.config import parse_overrides
+from core.run.record import RunRecord, load_metrics
+from core.run.specs import CBPSpec, OptimizerSpec, ShrinkPerturbSpec
 
-METHODS = ("sgd", "adam", "noisy_sgd", "cbp", "sgd_then_cbp")
+METHODS = ("sgd", "adam", "noisy_sgd", "cbp", "adam_cbp", "sgd_then_cbp")
 # CBP settings that replace units within 10,000 steps (the paper's rate would need millions).
-FAST_CBP = dict(cbp_rate=1e-2, cbp_maturity=50, switch_step=4000)
+FAST_CBP = dict(cbp=CBPSpec(replacement_rate=1e-2, maturity=50), switch_step=4000)
 
 
 def _final_weights(cfg: Config):
@@ -32,7 +34,7 @@ def _alone(cfg: Config, member, **changes) -> Config:
 
 
 def test_ensemble_member_equals_the_single_run_over_10000_steps():
-    """Member k of a 10-member ensemble (5 methods x 2 lrs) has the weights of the single run
+    """Member k of a 12-member ensemble (6 methods x 2 lrs) has the weights of the single run
     with its config (`python -m core.experiments.bitflip method=.. lr=.. seed=..`)."""
     cfg = Config(steps=10_000, method=METHODS, lr=(0.01, 0.003), seed=(2,), **FAST_CBP)
     weights, replaced = _final_weights(cfg)
@@ -54,8 +56,7 @@ def float64_ensemble():
         method=METHODS,
         seed=(3,),
         dtype="float64",
-        cbp_rate=1e-2,
-        cbp_maturity=50,
+        cbp=CBPSpec(replacement_rate=1e-2, maturity=50),
         switch_step=2000,
     )
     return cfg, *_final_weights(cfg)
@@ -109,7 +110,11 @@ def test_command_line_runs_sgd_then_cbp(tmp_path):
     assert loss.value.notna().all()
     probe = frame[frame.split == "probe"]
     assert set(probe.step) == set(range(10_000, 200_001, 10_000))
-    assert {"loss", "effective_rank", "replacements"} <= set(probe.metric)
+    assert {"loss", "effective_rank"} <= set(probe.metric)
+    replaced = frame[(frame.split == "train") & (frame.metric == "cbp_replaced")]
+    assert set(replaced.layer) == {"hidden"} and len(replaced) == 200
+    assert replaced[replaced.step <= 100_000].value.sum() == 0  # SGD before the switch
+    assert replaced.value.sum() > 0
     assert json.loads((member / "status.json").read_text())["status"] == "completed"
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 
@@ -126,8 +131,7 @@ def test_a_killed_trial_resumes_without_duplicating_or_losing_rows(tmp_path, mon
         bin_size=500,
         metrics_every=1000,
         checkpoint_every=2000,
-        cbp_rate=1e-2,
-        cbp_maturity=50,
+        cbp=CBPSpec(replacement_rate=1e-2, maturity=50),
     )
     run(cfg, RunRecord(tmp_path / "straight"))
 
@@ -168,8 +172,18 @@ def test_member_records_carry_scalar_configs(tmp_path):
 
 
 def test_bad_configs_fail_before_any_work():
-    with pytest.raises(ValueError, match="sgd, adam, noisy_sgd, cbp, sgd_then_cbp"):
+    with pytest.raises(ValueError, match="sgd, adam, noisy_sgd, cbp, adam_cbp, sgd_then_cbp"):
         Config(method=("sgdd",))
+    with pytest.raises(ValueError, match="cbp.util_type='contrib'; valid: contribution"):
+        parse_overrides(Config, ["cbp.util_type=contrib"])
+    with pytest.raises(ValueError, match="threshold='paper'; valid: code, latex, dohare"):
+        parse_overrides(Config, ["threshold=paper"])
+    with pytest.raises(ValueError, match="method picks"):
+        parse_overrides(Config, ["optimizer.name=adam"])
+    with pytest.raises(ValueError, match="width=0 is the linear learner"):
+        Config(method=("cbp",), width=0)
+    with pytest.raises(ValueError, match="ReDo is not available"):
+        parse_overrides(Config, ["redo.enabled=true"])
     with pytest.raises(ValueError, match="one member"):
         Config(engine="eager", seed=(1, 2))
     with pytest.raises(ValueError, match="multiple of bin_size"):
@@ -178,7 +192,7 @@ def test_bad_configs_fail_before_any_work():
 
 
 @pytest.mark.parametrize(
-    "activation", ["leaky_relu", "tanh", "sigmoid", "gelu", "elu", "selu", "identity"]
+    "activation", ["leaky_relu", "tanh", "sigmoid", "gelu", "elu", "selu", "swish", "identity"]
 )
 def test_every_activation_and_an_input_dependent_utility_match_the_eager_run(activation):
     cfg = Config(
@@ -186,9 +200,7 @@ def test_every_activation_and_an_input_dependent_utility_match_the_eager_run(act
         method=("cbp",),
         activation=activation,
         dtype="float64",
-        cbp_rate=0.05,
-        cbp_maturity=10,
-        cbp_util="adaptable_contribution",
+        cbp=CBPSpec(replacement_rate=0.05, maturity=10, util_type="adaptable_contribution"),
     )
     weights, replaced = _final_weights(cfg)
     eager, eager_replaced = _final_weights(dataclasses.replace(cfg, engine="eager"))
@@ -205,9 +217,7 @@ def test_several_replacements_per_step_match_the_eager_run(rounding):
         method=("cbp",),
         width=10,
         dtype="float64",
-        cbp_rate=0.25,
-        cbp_maturity=20,
-        cbp_rounding=rounding,
+        cbp=CBPSpec(replacement_rate=0.25, maturity=20, rounding=rounding),
     )
     weights, replaced = _final_weights(cfg)
     eager, eager_replaced = _final_weights(dataclasses.replace(cfg, engine="eager"))
@@ -225,8 +235,7 @@ def test_member_records_equal_the_eager_runs_records(tmp_path):
         dtype="float64",
         bin_size=500,
         metrics_every=1000,
-        cbp_rate=0.02,
-        cbp_maturity=20,
+        cbp=CBPSpec(replacement_rate=0.02, maturity=20),
     )
     run(cfg, RunRecord(tmp_path / "ensemble"))
     for member in cfg.members():
@@ -234,9 +243,7 @@ def test_member_records_equal_the_eager_runs_records(tmp_path):
         a = load_metrics(tmp_path / "ensemble" / "members" / member.name)
         b = load_metrics(tmp_path / member.name / "members" / member.name)
         assert set(a.split) == {"train", "probe"}
-        assert {"hidden/effective_rank", "hidden/dead_fraction", "hidden/replacements"} <= set(
-            a.layer + "/" + a.metric
-        )
+        assert {"hidden/effective_rank", "hidden/dead_fraction"} <= set(a.layer + "/" + a.metric)
         key = ["step", "split", "layer", "metric"]
         a, b = (f.sort_values(key).reset_index(drop=True) for f in (a, b))
         assert a[key].equals(b[key])
@@ -298,3 +305,121 @@ def test_the_trial_record_holds_the_members_mean_probe_metrics(tmp_path):
         expected.sort_values(key).reset_index(drop=True),
         rtol=1e-12,
     )
+
+
+# Dohare et al.'s slowly-changing-regression settings (docs/bitflip.md), at a fast CBP rate.
+DOHARE = dict(
+    threshold="dohare",
+    flip="redraw",
+    bias_input=False,
+    flip_period=500,
+    cbp=CBPSpec(
+        replacement_rate=2e-2, maturity=10, util_type="adaptable_contribution", rounding="bernoulli"
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(activation="swish"),
+        dict(optimizer=OptimizerSpec(momentum=0.0, decay=1.0, weight_decay=1e-2)),
+        dict(
+            optimizer=OptimizerSpec(momentum=0.0, decay=1.0, weight_decay=1e-2),
+            shrink_perturb=ShrinkPerturbSpec(enabled=True, noise_std=1e-3),
+        ),
+        dict(
+            optimizer=OptimizerSpec(momentum=0.0, decay=1.0, adam_step="element"),
+            cbp=CBPSpec(replacement_rate=2e-2, maturity=10, util_type="random"),
+        ),
+    ],
+    ids=["swish", "l2", "shrink_perturb", "adam_element_random"],
+)
+def test_dohare_settings_match_the_eager_run_member_for_member(changes):
+    """His threshold, 20-input learner, redraw flips, Bernoulli rounding, maturity, utilities,
+    L2, shrink-and-perturb, swish and CBP on Adam with per-element steps: every member of the
+    ensemble equals its plain eager run (float64) and CBP replaces units."""
+    cfg = Config(
+        steps=1500,
+        method=("sgd", "adam", "cbp", "adam_cbp"),
+        seed=(5,),
+        dtype="float64",
+        **{**DOHARE, **changes},
+    )
+    weights, replaced = _final_weights(cfg)
+    assert weights["fc1.weight"].shape == (4, 5, 20)  # fan-in 20: no bias input
+    for k, member in enumerate(cfg.members()):
+        eager, eager_replaced = _final_weights(_alone(cfg, member, engine="eager"))
+        for name in weights:
+            torch.testing.assert_close(weights[name][k], eager[name][0], atol=1e-9, rtol=0)
+        assert replaced[k] == eager_replaced[0]
+        if "cbp" in member.method:
+            assert replaced[k] > 10
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_the_linear_learner_matches_the_eager_run(method):
+    cfg = Config(
+        steps=1000,
+        width=0,
+        method=(method,),
+        seed=(2,),
+        dtype="float64",
+        **{k: v for k, v in DOHARE.items() if k != "cbp"},
+    )
+    weights, _ = _final_weights(cfg)
+    eager, _ = _final_weights(dataclasses.replace(cfg, engine="eager"))
+    assert set(weights) == {"fc.weight", "fc.bias"} and weights["fc.weight"].shape == (1, 1, 20)
+    for name in weights:
+        torch.testing.assert_close(weights[name], eager[name], atol=1e-9, rtol=0)
+
+
+def test_the_probe_size_changes_no_training_input_nor_weight():
+    a = Config(steps=2000, method=("sgd", "cbp"), seed=(1,), probe_size=16, **FAST_CBP)
+    b = dataclasses.replace(a, probe_size=256)
+    for x, y in zip(_final_weights(a)[0].values(), _final_weights(b)[0].values()):
+        assert torch.equal(x, y)
+
+
+def test_dohare_commands_parse_as_documented():
+    """The override strings of docs/bitflip.md's table give the settings they claim."""
+    cfg = parse_overrides(
+        Config,
+        [
+            "threshold=dohare",
+            "flip=redraw",
+            "bias_input=false",
+            "steps=1000000",
+            "method=cbp",
+            "lr=0.01",
+            "cbp.replacement_rate=1e-4",
+            "cbp.decay=0.99",
+            "cbp.maturity=10",
+            "cbp.util_type=adaptable_contribution",
+            "cbp.rounding=bernoulli",
+            "cbp.bias_correction=false",
+            "seed=0,1,2",
+        ],
+    )
+    assert cfg.problem().input_dim == 20 and cfg.cbp.maturity == 10 and len(cfg.members()) == 3
+    snp = parse_overrides(
+        Config,
+        [
+            "method=adam",
+            "activation=swish",
+            "optimizer.weight_decay=1e-3",
+            "shrink_perturb.enabled=true",
+            "shrink_perturb.noise_std=1e-4",
+        ],
+    )
+    assert snp.optimizer.weight_decay == 1e-3 and snp.shrink_perturb.noise_std == 1e-4
+    element = parse_overrides(Config, ["method=adam_cbp", "optimizer.adam_step=element"])
+    assert element.settings().optimizer.adam_step == "element"
+
+
+def test_a_linear_trial_records_its_probe_loss(tmp_path):
+    cfg = Config(steps=2000, width=0, method=("sgd",), seed=(1,), metrics_every=1000)
+    run(cfg, RunRecord(tmp_path))
+    frame = load_metrics(tmp_path / "members" / "sgd-lr0.01-seed1")
+    probe = frame[frame.split == "probe"]
+    assert probe.metric.tolist() == ["loss", "loss"] and probe.value.notna().all()

@@ -3,16 +3,14 @@ at the expansion and on the manifold under SGD, LR multipliers, the clone in the
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from core.data import load_images
 from core.experiments import cloning
-from core.experiments.training import evaluate
+from core.experiments.classification import evaluate
 from core.models import ModelConfig, build_model
-from core.records import load_metrics
-from tests.core.experiments.runs import TINY, killed_and_resumed, run_in_process
+from core.run.record import load_metrics
+from tests.core.experiments.runs import TINY, kill_points, killed_and_resumed, run_in_process
 
 SMALL = TINY + [
     "model.hidden_sizes=8,8",
@@ -42,8 +40,7 @@ def test_killed_in_each_phase_and_resumed_equals_uninterrupted(tmp_path, one_thr
         "clone_dropout=0.1",
         "seed=5",
     ]
-    draw = random.Random()
-    kills = [draw.randrange(6, 34), draw.randrange(45, 110)]  # one per phase
+    kills = kill_points(5, [range(6, 34), range(45, 110)], delay=0.1)  # one per phase
     expected = killed_and_resumed(cloning, args, tmp_path, kills)
     # noise and clone dropout moved the clone off the manifold: the clone's own streams resumed
     assert _wide(expected, "manifold_distance")["clone_train"].iloc[-1] > 0
@@ -93,7 +90,7 @@ def test_with_lr_multipliers_sgd_on_the_clone_tracks_the_base(tmp_path, norm):
 
 
 def test_the_checkpoint_holds_the_clone_under_model_and_model_config(tmp_path):
-    args = SMALL + ["base_epochs=1", "clone_epochs=1"]
+    args = SMALL + ["base_epochs=1", "clone_epochs=1", "keep_final_checkpoint=true"]
     summary, record = _run(args, tmp_path / "run")
     _, state = record.load_checkpoint()
     config = ModelConfig(**state["model_config"])

@@ -181,7 +181,7 @@ def test_loss_fn_may_report_its_own_scalars():
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="valid: default, paper, paper_bitflip, dohare2024"):
         ProbeSpec(preset="papers")
-    with pytest.raises(ValueError, match="valid: dead_fraction, duplicate_fraction_cosine"):
+    with pytest.raises(ValueError, match="valid: dead_fraction, frozen_fraction, duplicate_"):
         ProbeSpec(preset="paper", metrics=("stable_rank",))
     assert ProbeSpec(metrics="dead_fraction, effective_rank").metrics == (
         "dead_fraction",

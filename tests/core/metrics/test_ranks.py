@@ -9,14 +9,16 @@ from core.metrics import (
     approximate_rank,
     approximate_rank_abs,
     effective_rank,
+    effective_rank_corr,
     effective_rank_cov,
     numerical_rank,
     participation_ratio,
+    participation_ratio_corr,
     stable_rank,
 )
 
 UNCENTRED = (effective_rank, stable_rank, numerical_rank, approximate_rank, approximate_rank_abs)
-CENTRED = (effective_rank_cov, participation_ratio)
+CENTRED = (effective_rank_cov, participation_ratio, effective_rank_corr, participation_ratio_corr)
 ALL_RANKS = UNCENTRED + CENTRED
 
 
@@ -115,3 +117,73 @@ def test_tensor_versions_stay_on_the_device():
     value = effective_rank.tensor(h)
     assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.device == h.device
     assert isinstance(effective_rank(h), float)
+
+
+@pytest.mark.parametrize(("n", "rho"), [(3, 0.5), (6, 0.3), (10, 0.9)])
+def test_correlation_ranks_ignore_the_units_scales(n, rho):
+    """Equicorrelated units with scales 1 .. 10^3: the correlation ranks are the closed forms
+    n^2 / (n + n(n-1) rho^2) and the Shannon rank of (1 + (n-1) rho, 1 - rho, ...) / n; the
+    covariance ranks follow the large units instead. A constant unit is left out."""
+    c = torch.full((n, n), rho, dtype=torch.float64).fill_diagonal_(1.0)
+    h = _with_covariance(c, 60, torch.Generator().manual_seed(n))
+    scaled = h * torch.logspace(0, 3, n, dtype=torch.float64)
+    with_constant = torch.cat([scaled, torch.full((60, 1), 4.0, dtype=torch.float64)], dim=1)
+    renyi = n**2 / (n + n * (n - 1) * rho**2)
+    p = [(1 + (n - 1) * rho) / n] + [(1 - rho) / n] * (n - 1)
+    shannon = math.exp(-sum(q * math.log(q) for q in p))
+    for m in (h, scaled, with_constant):
+        assert participation_ratio_corr(m) == pytest.approx(renyi, rel=1e-9)
+        assert effective_rank_corr(m) == pytest.approx(shannon, rel=1e-9)
+    assert participation_ratio(scaled) != pytest.approx(renyi, rel=0.05)  # covariance: not so
+
+
+def test_correlation_rank_equals_numpy_corrcoef():
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(40, 7, generator=g, dtype=torch.float64).exp() @ torch.randn(
+        7, 9, generator=g, dtype=torch.float64
+    )
+    r = np.corrcoef(h.numpy(), rowvar=False)
+    assert participation_ratio_corr(h) == pytest.approx(np.trace(r) ** 2 / (r**2).sum(), rel=1e-10)
+    lam = np.clip(np.linalg.eigvalsh(r), 0, None) / 9
+    lam = lam[lam > 0]
+    assert effective_rank_corr(h) == pytest.approx(np.exp(-(lam * np.log(lam)).sum()), rel=1e-8)
+    assert participation_ratio_corr(torch.ones(5, 3)) == 0.0  # no unit varies
+
+
+def test_numerical_rank_is_torch_matrix_rank_and_the_gram_route_floors():
+    """sigma_i = 10^(-0.45 i), i < 30, float64: matrix_rank keeps all 30 (tolerance 100 eps =
+    2.2e-14 < sigma_29 = 8.9e-14); the Gram route's round-off floor (sigma^2 <= 100 eps
+    sigma_1^2, i.e. 10^(-0.9 i) <= 2.2e-14) keeps i <= 15: 16."""
+    g = torch.Generator().manual_seed(4)
+    q1, _ = torch.linalg.qr(torch.randn(100, 30, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=torch.float64))
+    sigma = 10 ** (-0.45 * torch.arange(30, dtype=torch.float64))
+    h = q1 @ torch.diag(sigma) @ q2.T
+    assert int(torch.linalg.matrix_rank(h)) == 30
+    assert numerical_rank(h) == 30 == numerical_rank(h, via="svd")
+    assert numerical_rank(h, via="gram") == 16
+    assert numerical_rank(h, rtol=0.0) == 30
+    f32 = h.float()
+    assert numerical_rank(f32) == int(torch.linalg.matrix_rank(f32))
+
+
+def test_rank_boundaries_by_hand():
+    two = 2.0 * torch.eye(2, dtype=torch.float64)  # sigma = (2, 2): shares exactly 1/2
+    assert approximate_rank(two, mass=0.5) == 1  # the cumulative share reaches the mass
+    assert approximate_rank(two, mass=0.5 + 1e-12) == 2
+    assert approximate_rank_abs(two, mass=0.5) == 1
+    h = torch.diag(torch.tensor([4.0, 2.0], dtype=torch.float64))
+    assert numerical_rank(h, rtol=0.5) == 1  # 2 = 0.5 * 4 is not above the tolerance
+    assert numerical_rank(h, rtol=0.5 - 1e-12) == 2
+
+
+def test_overflowing_and_non_finite_matrices():
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(50, 6, generator=g)
+    big = h * 1e30  # float32: its Gram would overflow in float32, not in the float64 route
+    for rank in ALL_RANKS:
+        assert rank(big) == pytest.approx(rank(h), rel=1e-6), rank.__name__
+    h[3, 2] = float("inf")
+    for rank in ALL_RANKS:
+        assert math.isnan(rank(h)), rank.__name__

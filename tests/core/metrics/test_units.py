@@ -51,7 +51,8 @@ def test_duplicates_sign_and_constant_columns():
     h[:, 1] = -h[:, 0]  # anti-correlated: |Pearson| counts both, the paper's cosine counts none
     h[:, 2] = 0.0
     h[:, 3] = 0.0  # two identical constant (dead) columns: no correlation, never duplicates
-    assert duplicate_fraction(h) == pytest.approx(2 / 4)
+    assert duplicate_fraction(h) == 1.0  # both varying units, of the 2 that vary
+    assert duplicate_fraction(torch.ones(5, 3)) == 0.0  # nothing varies: no duplicates
     assert duplicate_fraction_cosine(h) == 0.0
 
 
@@ -61,7 +62,7 @@ def test_cosine_duplicates_follow_the_paper_formula():
     h = torch.tensor([[1.0, 0.0, 3.0], [0.0, 0.0, 0.0], [1.0, 0.0, 3.0], [0.0, 0.0, 1.0]])
     assert duplicate_fraction_cosine(h, threshold=0.95) == pytest.approx(1 / 3)
     assert duplicate_fraction_cosine(h, threshold=0.975) == 0.0
-    assert duplicate_fraction(h, threshold=0.95) == pytest.approx(2 / 3)
+    assert duplicate_fraction(h, threshold=0.95) == 1.0  # a and c, of the 2 varying units
     assert duplicate_fraction(h, threshold=0.965) == 0.0
 
 
@@ -137,7 +138,7 @@ def test_column_scaling_and_permutation_leave_scale_free_metrics_unchanged():
     for metric in scale_free:
         assert metric(h * scale) == pytest.approx(metric(h), rel=1e-12)
         assert metric(h[:, perm]) == pytest.approx(metric(h), rel=1e-12)
-    assert duplicate_fraction(h) == pytest.approx(2 / 10)
+    assert duplicate_fraction(h) == pytest.approx(2 / 9)  # a pair among the 9 varying units
     assert dormant_ratio(3.0 * h) == pytest.approx(dormant_ratio(h))  # a common scale only
 
 
@@ -234,3 +235,48 @@ def test_full_row_statistics_do_not_depend_on_the_blocks(monkeypatch):
     assert torch.equal(whole[2], small_gradient_fractions(4.0 * g, mean_abs(h), 0.05))
     with pytest.raises(ValueError, match="columns"):
         small_gradient_fractions(g, mean_abs(h)[:4], 0.05)
+
+
+def test_duplicate_fractions_do_not_overflow_in_float32():
+    """Units of size 1e19: the float32 products of a naive pass overflow (1e38 per entry); the
+    duplicate fractions still read one exact pair of 8 units (Pearson: 2/8, cosine: 1/8)."""
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(300, 8, generator=g)
+    h[:, 5] = h[:, 2]
+    for scale in (1.0, 1e19, 1e30):
+        assert duplicate_fraction(h * scale) == pytest.approx(2 / 8), scale
+        assert duplicate_fraction_cosine(h * scale) == pytest.approx(1 / 8), scale
+    big = torch.full((1_000, 2), 3e38)
+    big[::2, 1] = 1e38
+    assert mean_abs(big).tolist() == pytest.approx([3e38, 2e38], rel=1e-6)  # no inf
+    assert std_of_means(big) == pytest.approx(2**0.5 * 0.5e38, rel=1e-6)
+    h[0, 0] = float("nan")
+    assert math.isnan(duplicate_fraction(h)) and math.isnan(duplicate_fraction_cosine(h))
+
+
+def test_threshold_boundaries_by_hand():
+    # saturation: r_ij = |G_ij| / mu_j; mu = 1 for both units
+    h = torch.ones(4, 2)
+    g = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.5, 0.0], [0.5, 1.0]])
+    assert saturated_fraction(h, g, rel_tol=0.5, min_fraction=0.5) == 0.5  # r = 0.5: not < 0.5
+    assert saturated_fraction(h, g, rel_tol=0.5 + 1e-6, min_fraction=0.5) == 1.0
+    assert saturated_fraction(h, g, rel_tol=0.1, min_fraction=0.75) == 0.0  # 3/4 is not > 3/4
+    assert saturated_fraction(h, g, rel_tol=0.1, min_fraction=0.74) == 0.5
+    # dormancy: mean |h| = (1, 3), layer mean 2, scores (0.5, 1.5); dormant iff score <= tau
+    d = torch.tensor([[1.0, 3.0], [-1.0, -3.0]])
+    assert dormant_ratio(d, tau=0.5) == 0.5
+    assert dormant_ratio(d, tau=0.5 - 1e-9) == 0.0
+    assert units.dormancy_scores(d).tolist() == [0.5, 1.5]
+    # cosine duplicates: a = (1, 1, 1, 1), b = (1, 1, 1, -1): cos = 2 / (2 * 2) = 1/2 exactly,
+    # and a duplicate needs cos > threshold
+    ab = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+    assert duplicate_fraction_cosine(ab, threshold=0.5) == 0.0
+    assert duplicate_fraction_cosine(ab, threshold=0.5 - 1e-12) == 0.5
+
+
+def test_unit_spread_ddof():
+    h = _known_units([0.0, 1.0, 2.0, 5.0], [1.0, 2.0, 3.0, 0.0])  # means 0,1,2,5: mean 2
+    assert std_of_means(h, ddof=0) == pytest.approx(math.sqrt(14 / 4))
+    assert std_of_means(h, ddof=1) == pytest.approx(math.sqrt(14 / 3))
+    assert std_of_stds(h, ddof=0) == pytest.approx(math.sqrt(5 / 4))
+    assert std_of_means(h[:, :1], ddof=0) == 0.0

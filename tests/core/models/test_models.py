@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.models import ACTIVATIONS, ModelConfig, build_model
+from core.models import MODEL_ACTIVATIONS, ModelConfig, build_model
 from core.models.capture import capture_layers
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
@@ -40,6 +40,10 @@ def test_paper_defaults_are_filled_in():
         8,
     )
     assert (vit.norm, vit.activation, vit.dropout, vit.attn_dropout) == ("layer", "gelu", 0.1, 0.1)
+    # attention dropout follows dropout unless set: p = 0 means no dropout of any kind
+    assert (
+        ModelConfig(arch="vit", in_shape=(3, 64, 64), num_classes=2, dropout=0.0).attn_dropout == 0
+    )
     resnet = build_model(ModelConfig(arch="resnet", in_shape=(3, 32, 32), num_classes=10))
     assert len(resnet.blocks) == 8 and resnet.head.in_features == 512
     cnn = build_model(ModelConfig(arch="cnn", in_shape=(3, 32, 32), num_classes=10))
@@ -48,7 +52,7 @@ def test_paper_defaults_are_filled_in():
     assert [n for n, m in cnn.named_modules() if isinstance(m, nn.Dropout)] == ["fc.0.drop"]
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", MODEL_ACTIVATIONS)
 @pytest.mark.parametrize("norm", ["batch", "layer", "none"])
 @pytest.mark.parametrize("after", [False, True])
 def test_every_option_and_odd_widths(activation, norm, after):
@@ -114,7 +118,10 @@ def test_declared_layers_are_hookable_and_shaped():
     expected = {
         "mlp": (["hidden1", "hidden2"], [(4, 6), (4, 5)]),
         "cnn": (["conv1", "conv2", "fc1"], [(4, 4, 8, 8), (4, 6, 4, 4), (4, 5)]),
-        "resnet": (["block1", "block2"], [(4, 3, 8, 8), (4, 6, 4, 4)]),
+        "resnet": (
+            ["inner1", "block1", "inner2", "block2"],
+            [(4, 3, 8, 8), (4, 3, 8, 8), (4, 6, 4, 4), (4, 6, 4, 4)],
+        ),
         "vit": (["mlp1", "block1"], [(4, 5, 32), (4, 5, 8)]),
     }
     kw = {
@@ -132,6 +139,11 @@ def test_declared_layers_are_hookable_and_shaped():
             model(torch.randn(4, 3, 8, 8)).sum().backward()
         assert [tuple(rec.acts[n].shape) for n in names] == shapes
         assert all(rec.grads[n].shape == rec.acts[n].shape for n in names)
+        with_activation = [layer for layer in layers if layer.activation is not None]
+        assert set(rec.pres) == {layer.name for layer in with_activation}
+        for layer in with_activation:  # the activation's input: applying it gives the output
+            act = layer.module
+            torch.testing.assert_close(act(rec.pres[layer.name]), rec.acts[layer.name])
 
 
 def test_cnn_declares_the_flatten_columns_of_its_last_conv():
@@ -148,7 +160,7 @@ def test_cnn_declares_the_flatten_columns_of_its_last_conv():
     ("kwargs", "message"),
     [
         ({"arch": "transformer"}, "valid: mlp, cnn, resnet, vit, bitflip"),
-        ({"arch": "mlp", "activation": "swish"}, "valid: relu"),
+        ({"arch": "mlp", "activation": "softplus"}, "valid: relu"),
         ({"arch": "mlp", "norm": "group"}, "valid: batch, layer, none"),
         ({"arch": "mlp", "embed_dim": 12}, "do not apply"),
         ({"arch": "mlp", "dropout": 1.0}, r"\[0, 1\)"),

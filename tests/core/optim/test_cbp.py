@@ -8,12 +8,14 @@ from torch import nn
 
 from core.models import ModelConfig, build_model
 from core.optim import (
+    ROUNDINGS,
+    UTIL_TYPES,
     CBPState,
     ContinualBackprop,
     ReDo,
     ShrinkPerturb,
-    dormancy_scores,
     reset_optimizer_state,
+    unit_layer_names,
 )
 
 CONFIGS = {
@@ -36,6 +38,9 @@ CONFIGS = {
         dropout=0.0,
         attn_dropout=0.0,
     ),
+    "resnet": ModelConfig(
+        "resnet", (3, 8, 8), 4, base_channels=4, stage_blocks=(1, 1), dropout=0.0
+    ),
     "bitflip": ModelConfig("bitflip", (21,), 1, hidden_sizes=(5,)),
 }
 OPTIMIZERS = {
@@ -50,11 +55,12 @@ def _batch(cfg: ModelConfig, n: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 def _step(model, optimizer, x, cbp=None) -> int:
+    """One training step; the units `cbp` (or ReDo) replaced, summed over its layers."""
     loss = model(x).square().mean()
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return cbp.step() if cbp is not None else 0
+    return sum(cbp.step().values()) if cbp is not None else 0
 
 
 @pytest.mark.parametrize("arch", ["mlp-batch", "cnn", "vit"])
@@ -248,10 +254,14 @@ def test_optimizer_state_of_reset_weights_is_zero(opt):
     assert torch.all(layer.norm.running_var[units] == 1)
 
 
-@pytest.mark.parametrize("arch", ["mlp-batch", "cnn", "cnn-layer", "vit", "bitflip"])
+@pytest.mark.parametrize(
+    "arch", ["mlp", "mlp-batch", "cnn", "cnn-layer", "resnet", "vit", "bitflip"]
+)
 def test_replacement_postconditions_on_every_architecture(arch):
-    """New incoming weights within the activation's uniform bound, incoming bias 0, the unit's
-    outgoing columns (behind a flatten: all of its flattened positions) 0."""
+    """A few replacements in every layer that can host CBP (the ResNet's block-inner channels,
+    the ViT's MLP units, ...): new incoming weights within the activation's uniform bound,
+    incoming bias 0, the following norm reset, the unit's outgoing columns (behind a flatten:
+    all of its flattened positions) 0; the network stays finite."""
     cfg = CONFIGS[arch]
     model = build_model(cfg, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -277,7 +287,11 @@ def test_replacement_postconditions_on_every_architecture(arch):
             layer = unit.layer
             w_in = layer.incoming.weight[replaced]
             assert w_in.abs().max() <= unit.bound and w_in.abs().max() > 0
-            assert torch.all(layer.incoming.bias[replaced] == 0)
+            if layer.incoming.bias is not None:
+                assert torch.all(layer.incoming.bias[replaced] == 0)
+            if layer.norm is not None:
+                assert torch.all(layer.norm.weight[replaced] == 1)
+                assert torch.all(layer.norm.bias[replaced] == 0)
             w_out = layer.outgoing.weight.detach().clone()
             w_out[replaced_rows.get(id(layer.outgoing), [])] = 0
             if layer.outgoing_index is not None:
@@ -306,8 +320,7 @@ def test_redo_resets_exactly_the_dormant_units():
     changed = (linear.weight != before).any(1).nonzero().flatten().tolist()
     assert changed == [1, 4]
     assert torch.all(model.head.weight[:, [1, 4]] == 0)
-    scores = dormancy_scores(torch.tensor([[[0.0, 2.0, 4.0]]]))
-    torch.testing.assert_close(scores, torch.tensor([[0.0, 1.0, 2.0]]))
+    assert redo.step() == {"hidden1": 0}  # one count per declared layer
 
 
 def test_reset_optimizer_state_is_generic():
@@ -325,9 +338,148 @@ def test_reset_optimizer_state_is_generic():
 
 def test_shrink_and_perturb():
     p = nn.Parameter(torch.full((20_000,), 2.0, dtype=torch.float64))
-    ShrinkPerturb([p], shrink=0.25).step()
+    ShrinkPerturb([p], shrink=0.25, generator=torch.Generator().manual_seed(0)).step()
     assert torch.all(p == 1.5)
     ShrinkPerturb([p], noise_std=0.1, generator=torch.Generator().manual_seed(0)).step()
     assert (p - 1.5).std().item() == pytest.approx(0.1, rel=0.05)
-    with pytest.raises(ValueError, match="Generator"):
-        ShrinkPerturb([p], noise_std=0.1)
+    with pytest.raises(TypeError, match="Generator"):
+        ShrinkPerturb([p], noise_std=0.1, generator=None)
+
+
+# --- CBP against a hand-written reference, step by step ------------------------------------------
+
+
+def _reference_utility(kind, h, fhat, out, inn):
+    """y_i of Dohare et al.'s GnT, written out for a batch h (B, units)."""
+    dev = (h - fhat).abs().mean(0)
+    return {
+        "contribution": out * h.abs().mean(0),
+        "zero_contribution": out * dev,
+        "adaptable_contribution": out * dev / inn,
+        "feature_by_input": dev / inn,
+        "weight": out,
+        "adaptation": 1 / inn,
+    }[kind]
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("util_type", UTIL_TYPES)
+def test_cbp_equals_a_hand_written_reference_step_by_step(util_type, rounding):
+    """Decay 0.99, batches of 4, units of mixed ages (replacements every few steps): after every
+    step the weights, utilities, running means and ages equal those of a plain re-statement of
+    the algorithm (ages, bias-corrected means and utilities, the count rule, the lowest mature
+    uhat, the new row from the step's uniforms, the bias correction, the outgoing zeros)."""
+    cfg = ModelConfig("mlp", (6,), 2, hidden_sizes=(8,), norm="none", dropout=0.0)
+    model = build_model(cfg, seed=0).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    rate, eta, maturity, units, fan_in = 0.15, 0.99, 5, 8, 6
+    cbp = ContinualBackprop(
+        model,
+        opt,
+        replacement_rate=rate,
+        decay=eta,
+        maturity=maturity,
+        util_type=util_type,
+        rounding=rounding,
+        generator=torch.Generator().manual_seed(1),
+    )
+    draws = torch.Generator()
+    draws.set_state(cbp.generators[0].get_state())  # the layer's stream, replayed by the reference
+    linear, head = model.blocks[0].linear, model.head
+    bound = math.sqrt(2.0) * math.sqrt(3.0 / fan_in)
+    age = torch.zeros(units, dtype=torch.float64)
+    util = torch.zeros(units, dtype=torch.float64)
+    mean = torch.zeros(units, dtype=torch.float64)
+    seen = replaced = 0
+    ages_at_replacement = set()
+    data = torch.Generator().manual_seed(2)
+    for _ in range(150):
+        x = torch.randn(4, 6, generator=data, dtype=torch.float64)
+        with torch.no_grad():
+            h = torch.relu(x @ linear.weight.T + linear.bias)  # pre-update activations
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            w, b, v, c = (
+                t.detach().clone() for t in (linear.weight, linear.bias, head.weight, head.bias)
+            )
+        n_draws = 1 + (units if util_type == "random" else 0) + math.ceil(rate * units) * fan_in
+        u = torch.rand(n_draws, generator=draws, dtype=torch.float64)
+        age += 1
+        corr = 1 - eta**age
+        mean = eta * mean + (1 - eta) * h.mean(0)
+        fhat = mean / corr
+        if util_type == "random":
+            uhat = u[1 : 1 + units]
+            rows = u[1 + units :]
+        else:
+            y = _reference_utility(util_type, h, fhat, v.abs().mean(0), w.abs().mean(1))
+            util = eta * util + (1 - eta) * y
+            uhat = util / corr
+            rows = u[1:]
+        mature = [i for i in range(units) if age[i] > maturity]
+        if rounding == "carry":
+            seen += len(mature)
+            r = math.floor(rate * seen) - replaced
+        else:
+            k = rate * len(mature)
+            r = math.floor(k) if k >= 1 else int(u[0] < k)
+        r = min(r, math.ceil(rate * units))
+        replaced += r
+        chosen = sorted(mature, key=lambda i: (float(uhat[i]), i))[:r]
+        for j, i in enumerate(chosen):
+            ages_at_replacement.add(int(age[i]))
+            w[i] = (2 * rows[j * fan_in : (j + 1) * fan_in] - 1) * bound
+            b[i] = 0
+            c += v[:, i] * fhat[i]
+            v[:, i] = 0
+            util[i] = mean[i] = age[i] = 0
+        assert cbp.step() == {"hidden1": len(chosen)}
+        state = cbp.states[0]
+        for got, want in ((linear.weight, w), (linear.bias, b), (head.weight, v), (head.bias, c)):
+            torch.testing.assert_close(got.detach(), want, atol=1e-12, rtol=0)
+        torch.testing.assert_close(state.age[0], age, atol=0, rtol=0)
+        torch.testing.assert_close(state.mean[0], mean, atol=1e-12, rtol=0)
+        if util_type != "random":
+            torch.testing.assert_close(state.util[0], util, atol=1e-12, rtol=0)
+    assert replaced >= 15 and len(ages_at_replacement) > 3  # many replacements, of mixed ages
+
+
+def test_random_utility_replaces_the_mature_unit_with_the_lowest_draw():
+    state = CBPState(
+        1, 4, replacement_rate=0.25, decay=0.99, maturity=0, util_type="random", rounding="carry"
+    )
+    draws = torch.tensor([[0.5, 0.7, 0.2, 0.9, 0.4, *([0.0] * 3)]])
+    uniform, util, rows = state.split_draws(draws, fan_in=3)
+    assert torch.equal(util, draws[:, 1:5]) and rows.shape == (1, 1, 3)
+    h = torch.ones(1, 2, 4)
+    _, mask, r = state.step(h, torch.ones(1, 4), None, uniform, util_uniforms=util)
+    assert r.tolist() == [1] and mask.tolist() == [[False, True, False, False]]
+
+
+def test_a_generator_is_required_and_layers_are_checked():
+    model = build_model(CONFIGS["mlp"], seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        ContinualBackprop(model, opt, generator=None)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        ReDo(model, opt, generator=None)
+    with pytest.raises(ValueError, match="valid: hidden1, hidden2"):
+        ContinualBackprop(model, opt, generator=torch.Generator(), layers=["head"])
+    resnet = build_model(CONFIGS["resnet"], seed=0)
+    assert unit_layer_names(resnet) == ["inner1", "inner2"]
+    cbp = ContinualBackprop(resnet, None, generator=torch.Generator(), layers=["inner2"])
+    assert [unit.layer.name for unit in cbp.layers] == ["inner2"]
+
+
+def test_bias_correction_is_skipped_before_a_normalised_layer():
+    model = build_model(CONFIGS["mlp-batch"], seed=0)
+    cbp = ContinualBackprop(model, None, generator=torch.Generator())
+    # hidden1 feeds hidden2's Linear, which a BatchNorm follows; hidden2 feeds the head
+    assert [unit.bias_correctable for unit in cbp.layers] == [False, True]
+    plain = ContinualBackprop(
+        build_model(CONFIGS["mlp"], seed=0), None, generator=torch.Generator()
+    )
+    assert [unit.bias_correctable for unit in plain.layers] == [True, True]

@@ -37,10 +37,16 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> No
 def test_zero_noise_is_torch_sgd_bit_for_bit(kwargs):
     a, b = _net(), _net()
     _train(a, torch.optim.SGD(a.parameters(), lr=0.05, **kwargs), 30)
-    noisy = NoisySGD(b.parameters(), lr=0.05, sigma0=0.0, decay=0.9, **kwargs)
+    g = torch.Generator().manual_seed(0)
+    noisy = NoisySGD(b.parameters(), lr=0.05, sigma0=0.0, decay=0.9, generator=g, **kwargs)
     _train(b, noisy, 30)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_generator_is_required():
+    with pytest.raises(TypeError, match="torch.Generator"):
+        NoisySGD(_net().parameters(), lr=0.05, sigma0=0.1, generator=None)
 
 
 def test_noise_variance_matches_sigma_decay_and_gradient_norm():

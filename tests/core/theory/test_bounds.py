@@ -1,5 +1,5 @@
 """Rényi-2 rank, decorrelation potential, Lemma A.1 and Theorem 3.1 on grids and random matrices,
-with their equality cases (paper App. A.1, paper_spec §8.2)."""
+with their equality cases (paper App. A.1; docs/theory.md)."""
 
 import numpy as np
 import pytest
@@ -102,7 +102,7 @@ def test_rank_gain_bound_on_random_correlation_matrices(name):
 
 
 def test_rank_gain_reference_value():
-    """paper_spec §8.2: ReLU on C(0.5), R rank 5 plus ridge, n = 50: ratio ~1.47, bound ~1.17."""
+    """docs/theory.md: ReLU on C(0.5), R rank 5 plus ridge, n = 50: ratio ~1.47, bound ~1.17."""
     c = correlation_path(random_correlation_matrix(50, np.random.default_rng(0)), 0.5)
     phi, zeta = decorrelation_potential(c), decorrelation_strength("relu")
     assert rank_gain(c, kernel("relu")) == pytest.approx(1.47, abs=0.1)

@@ -10,6 +10,7 @@ import torch
 
 from core.cloning import expand
 from core.models import ModelConfig, build_model
+from core.run import schema
 from core.theory.__main__ import main
 from core.theory.report import load_model
 from core.theory.stability import VERDICTS
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_figures_command_writes_the_three_figures(tmp_path):
+    """End to end through the CLI (the figures' numbers are checked by value in test_figures)."""
     out = tmp_path / "figures"
     subprocess.run(
         [sys.executable, "-m", "core.theory", "figures", "--quick", "--out", str(out)],
@@ -32,17 +34,19 @@ def test_figures_command_writes_the_three_figures(tmp_path):
 
 
 def _cloning_run(tmp_path: Path) -> Path:
-    """A run folder as core.records lays it out: config.json and checkpoints/step-*.pt."""
+    """A run folder as core.run.record lays it out: config.json and checkpoints/step-*.pt."""
     cfg = ModelConfig(
         arch="mlp", in_shape=(3, 8, 8), num_classes=10, hidden_sizes=(6, 6), dropout=0.2
     )
     clone = expand(build_model(cfg, seed=0), 2)
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
+    schema.checkpoints_dir(run).mkdir(parents=True)
+    schema.metrics_dir(run).mkdir()
     config = {"dataset": "synthetic", "data_root": None, "synthetic": {"classes": 10, "size": 8}}
-    (run / "config.json").write_text(json.dumps({"run_id": "r", "config": config}))
+    document = {"run_id": "r", "experiment": "cloning", "config": config, "provenance": {}}
+    schema.config_path(run).write_text(json.dumps(document))
     state = {"model_config": clone.cfg.to_dict(), "model": clone.state_dict()}
-    path = run / "checkpoints" / "step-000000000010.pt"
+    path = schema.checkpoint_path(run, 10)
     torch.save({"step": 10, "state": state}, path)
     return path
 
@@ -61,6 +65,9 @@ def test_stability_command_on_a_cloning_checkpoint(tmp_path, capsys):
     assert len(report["ritz_values"]) == report["lanczos_steps"] == 12
     assert len(report["escape"]["distances"]) == 11
     assert report["escape"]["distances"][0] == pytest.approx(1e-4, rel=1e-9)
+    assert report["escape"]["horizon_too_short"] == (10 < report["escape"]["required_steps"])
+    assert report["symmetries_removed"] == ["equitable", "softmax_shift"]
+    assert len(report["residuals"]) == len(report["ritz_values"])
 
 
 def test_checkpoint_loads_to_the_same_function_without_dropout(tmp_path):

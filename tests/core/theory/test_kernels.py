@@ -1,5 +1,5 @@
 """Hermite coefficients, kernels, decorrelation strength and frozen probability against closed forms
-(paper §3, App. A.1-A.2; paper_spec §8.2-8.3 reference values)."""
+and independent quadrature (paper §3, App. A.1-A.2; reference values in docs/theory.md)."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.theory import (
-    ACTIVATIONS,
+    KERNEL_ACTIVATIONS,
     decorrelation_strength,
     frozen_probability,
     gauss_hermite,
@@ -49,7 +49,7 @@ def test_zeta_closed_forms():
     [("gelu", 0.2767), ("tanh", 0.0695), ("elu", 0.0633), ("sigmoid", 0.0158)],
 )
 def test_zeta_reference_values(name, zeta):
-    """paper_spec §8.2's table (4 decimals)."""
+    """The reference table of docs/theory.md (4 decimals)."""
     assert decorrelation_strength(name) == pytest.approx(zeta, abs=6e-5)
 
 
@@ -79,8 +79,8 @@ def test_frozen_unit_has_zeta_one_and_no_normalised_form():
 def test_unknown_activation_lists_the_valid_ones():
     with pytest.raises(ValueError, match="relu, leaky_relu, tanh") as err:
         decorrelation_strength("rleu")
-    assert all(name in str(err.value) for name in ACTIVATIONS)
-    with pytest.raises(ValueError, match="auto, closed, series, quadrature"):
+    assert all(name in str(err.value) for name in KERNEL_ACTIVATIONS)
+    with pytest.raises(ValueError, match="auto, closed, interpolant, series, quadrature"):
         kernel("relu", method="exact")
 
 
@@ -111,7 +111,7 @@ def test_gauss_hermite_is_slow_across_a_kink():
 
 @pytest.mark.parametrize("name", ("relu", "tanh", "gelu", "selu", "sign"))
 def test_normalisation_and_parseval(name):
-    z, w = panel_rule(1.0, 0.0, ACTIVATIONS[name].kinks)
+    z, w = panel_rule(1.0, 0.0, KERNEL_ACTIVATIONS[name].kinks)
     f = normalised_activation(name)(z)
     assert float(w @ f) == pytest.approx(0.0, abs=1e-12)
     assert float(w @ f**2) == pytest.approx(1.0, abs=1e-12)
@@ -119,18 +119,27 @@ def test_normalisation_and_parseval(name):
     assert float(c[0]) == pytest.approx(0.0, abs=1e-12)
     # sum c_k^2 -> 1: the tail beyond 200 terms is O(K^-1/2) at a jump, O(K^-3/2) at a kink
     tail = 1 - float((c**2).sum())
-    assert 0 <= tail < {"sign": 0.04, "relu": 1e-4, "selu": 1e-4}.get(name, 1e-6)
+    assert -1e-14 <= tail < {"sign": 0.04, "relu": 1e-4, "selu": 1e-4}.get(name, 1e-6)
 
 
 def test_relu_kernel_matches_the_arc_cosine_closed_form():
     rho = np.linspace(-1.0, 1.0, 41)
     assert kernel_quadrature("relu", rho) == pytest.approx(relu_kernel(rho), abs=1e-6)
     assert kernel("relu")(rho) == pytest.approx(relu_kernel(rho), abs=0)
-    assert float(relu_kernel(0.5)) == pytest.approx(0.426, abs=5e-4)  # paper_spec spot check
+    assert float(relu_kernel(0.5)) == pytest.approx(0.426, abs=5e-4)  # the paper's spot check
     # the series converges to it, slowly (its error at rho = 1 is the tail, ~ K^-3/2)
     assert kernel("relu", method="series", terms=200)(rho) == pytest.approx(
         relu_kernel(rho), abs=1e-4
     )
+
+
+def test_quadrature_is_exact_near_rho_one_where_the_inner_expectation_has_a_sharp_kink():
+    """At sqrt(1 - rho^2) = 0.03 the smoothed kink is 0.03 wide in x (error 1e-7 without the extra
+    outer panel edges)."""
+    theta = np.array([0.0, 0.01, 0.03, 0.1, math.pi - 0.1, math.pi - 0.03, math.pi - 0.01])
+    rho = np.cos(theta)
+    assert kernel_quadrature("relu", rho) == pytest.approx(relu_kernel(rho), abs=1e-13)
+    assert kernel_quadrature("sign", rho) == pytest.approx(sign_kernel(rho), abs=1e-13)
 
 
 def test_sign_kernel_matches_the_arcsine_closed_form():
@@ -141,7 +150,92 @@ def test_sign_kernel_matches_the_arcsine_closed_form():
 @pytest.mark.parametrize("name", ("tanh", "gelu", "sigmoid"))
 def test_series_matches_quadrature_for_smooth_activations(name):
     rho = np.linspace(-1.0, 1.0, 11)
-    assert kernel(name, terms=64)(rho) == pytest.approx(kernel_quadrature(name, rho), abs=1e-7)
+    series = kernel(name, method="series", terms=64)(rho)
+    assert series == pytest.approx(kernel_quadrature(name, rho), abs=1e-7)
+
+
+GRID_RHO = np.array([-1.0, -0.999, -0.95, -0.6, 0.2, 0.85, 0.93, 0.9999, 1.0])
+GRID_AB = [(1.0, 0.0), (1.6, -0.7)]
+
+
+@pytest.mark.parametrize("a, b", GRID_AB)
+@pytest.mark.parametrize("name", sorted(KERNEL_ACTIVATIONS))
+def test_default_kernel_equals_the_quadrature_to_1e_10(name, a, b):
+    """Every activation x scale x bias x rho, including rho near +-1 where kinks make kappa
+    singular and the 64-term series is off by up to 1e-1."""
+    assert kernel(name, a, b)(GRID_RHO) == pytest.approx(
+        kernel_quadrature(name, GRID_RHO, a, b), abs=1e-10
+    )
+
+
+def _gaussian_conditional_kernel(f, conditional, mean, var, a, b, r):
+    """kappa(r) = E[(f(aX+b) - m)(E[f(aY+b) | X] - m)] / v by scipy's adaptive quadrature."""
+    from scipy.integrate import quad
+
+    s = math.sqrt(1 - r * r)
+
+    def integrand(x):
+        return _phi(x) * (f(a * x + b) - mean) * (conditional(a * r * x + b, a * s) - mean)
+
+    kink = -b / a
+    value = sum(
+        quad(integrand, lo, hi, epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+        for lo, hi in [(-14.0, kink), (kink, 14.0)]
+    )
+    return value / var
+
+
+@pytest.mark.parametrize("a, b", [(1.6, -0.7), (0.6, 0.9), (2.0, 0.0)])
+def test_biased_relu_and_sign_kernels_against_scipy(a, b):
+    """E[(W)+] = mu Phi(mu/sd) + sd phi(mu/sd), E[sign W] = 2 Phi(mu/sd) - 1 for W ~ N(mu, sd^2):
+    the inner expectation in closed form, the outer one by scipy.integrate.quad."""
+    t = b / a
+    relu_mean = b * _cdf(t) + a * _phi(t)
+    relu_var = (a * a + b * b) * _cdf(t) + a * b * _phi(t) - relu_mean**2
+    sign_mean = 2 * _cdf(t) - 1
+    cases = {
+        "relu": (
+            lambda w: max(w, 0.0),
+            lambda mu, sd: mu * _cdf(mu / sd) + sd * _phi(mu / sd),
+            relu_mean,
+            relu_var,
+        ),
+        "sign": (
+            lambda w: math.copysign(1.0, w),
+            lambda mu, sd: 2 * _cdf(mu / sd) - 1,
+            sign_mean,
+            1 - sign_mean**2,
+        ),
+    }
+    rho = [-0.99, -0.4, 0.3, 0.97]
+    for name, (f, conditional, mean, var) in cases.items():
+        expected = [_gaussian_conditional_kernel(f, conditional, mean, var, a, b, r) for r in rho]
+        assert kernel(name, a, b)(rho) == pytest.approx(expected, abs=1e-10), name
+
+
+@pytest.mark.parametrize("a", [0.5, 0.9])
+def test_elu_in_its_exponential_regime_is_a_lognormal_kernel(a):
+    """ELU(a z - 14) = -1 + e^-14 e^(a z) on all but 1e-50 of the mass: kappa(rho) =
+    (e^(a^2 rho) - 1) / (e^(a^2) - 1), a closed form at a scale and bias far from (1, 0)."""
+    rho = np.array([-1.0, -0.5, 0.0, 0.7, 1.0])
+    expected = np.expm1(a * a * rho) / math.expm1(a * a)
+    assert kernel("elu", a, -14.0)(rho) == pytest.approx(expected, abs=1e-10)
+
+
+def test_gelu_tail_is_x_phi_x():
+    x = torch.tensor([-8.0, -10.0, -20.0], dtype=torch.float64)
+    expected = torch.tensor([v * _cdf(v) for v in (-8.0, -10.0, -20.0)], dtype=torch.float64)
+    assert torch.allclose(KERNEL_ACTIVATIONS["gelu"](x), expected, rtol=1e-12, atol=0)
+
+
+def test_the_frozen_threshold_is_relative_and_near_rounding():
+    """ELU(0.3 z - 20): sd / rms ~ 6e-10 is resolved (zeta = 1 - a^2 / (e^(a^2) - 1) = 0.044);
+    a constant is frozen."""
+    a = 0.3
+    assert decorrelation_strength("elu", a, -20.0) == pytest.approx(
+        1 - a * a / math.expm1(a * a), abs=1e-5
+    )
+    assert decorrelation_strength("tanh", 0.0, 0.3) == 1.0
 
 
 @pytest.mark.parametrize("name", SMOOTH_AND_KINKED + ("sign",))
@@ -171,7 +265,7 @@ def test_frozen_probability_closed_forms():
 
 
 def test_frozen_probability_reference_values():
-    """paper_spec §8.3's tanh(a z) table, eps = 1e-4."""
+    """The tanh(a z) table of docs/theory.md, eps = 1e-4."""
     table = {0.5: 0.0, 1.0: 0.0, 2.0: 0.005, 5.0: 0.22, 10.0: 0.52, 100.0: 0.94}
     for a, p in table.items():
         assert frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(p, abs=5e-3)

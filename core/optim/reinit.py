@@ -4,14 +4,15 @@ A model declares its layers of units (`core.models.Layer`): the module producing
 output channel i of `incoming`), an optional per-unit norm, and the module reading the unit
 (column i of `outgoing`, or the columns `outgoing_index[i]` behind a flatten). Everything here goes
 through those declarations, so one implementation serves the MLP (with or without a norm), the CNN
-(conv -> conv, conv -> linear through the flatten), the ViT's MLP hidden units and the bit-flip
-learner. Statistics come as stacked `(members, units)` tensors with one member, the layout the
-batched bit-flip ensemble uses for many.
+(conv -> conv, conv -> linear through the flatten), the hidden channels inside the ResNet's blocks,
+the ViT's MLP hidden units and the bit-flip learner. Statistics come as stacked
+`(members, units)` tensors with one member, the layout the batched bit-flip ensemble uses for many.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def uniform_rows(u: torch.Tensor, bound: float) -> torch.Tensor:
 class UnitLayer:
     """One declared layer of units, with the operations unit replacement needs."""
 
-    def __init__(self, layer: Layer) -> None:
+    def __init__(self, layer: Layer, normalised_consumer: bool = False) -> None:
         if not layer.has_units:
             raise ValueError(f"layer {layer.name!r} declares no incoming/outgoing modules")
         self.layer = layer
@@ -41,9 +42,16 @@ class UnitLayer:
         self.units = weight.shape[0]
         self.fan_in = weight[0].numel()
         self.bound = activation_gain(layer.activation or "identity") * math.sqrt(3.0 / self.fan_in)
-        out = layer.outgoing.weight
-        # Exact when the consumer reads the activation itself (not through pooling or a flatten).
-        self.direct = out.dim() == 2 and layer.outgoing_index is None
+        out = layer.outgoing
+        # The consumer's bias can absorb the unit's mean only where it reads the activation itself
+        # (a Linear, not through pooling or a flatten) and is not followed by a norm (which would
+        # subtract the shift again).
+        self.bias_correctable = (
+            out.weight.dim() == 2
+            and layer.outgoing_index is None
+            and out.bias is not None
+            and not normalised_consumer
+        )
 
     def activations(self, output: torch.Tensor) -> torch.Tensor:
         """(1, rows, units): the layer output by the flattening rule (rows = samples/positions)."""
@@ -80,8 +88,9 @@ class UnitLayer:
     ) -> None:
         """Re-initialise `units` (a 1-D index): incoming rows `uniform_rows(uniforms, bound)`,
         incoming bias 0, norm reset (weight 1, bias 0, running mean 0, running var 1), the
-        consumer's bias += sum_i W_out[:, i] * mean_activation_i when given (only for a direct
-        linear consumer), outgoing columns 0, and the optimizer's state of all of these zeroed.
+        consumer's bias += sum_i W_out[:, i] * mean_activation_i when given (only where
+        `bias_correctable`), outgoing columns 0, and the optimizer's state of all of these zeroed
+        (every per-element state tensor: momentum, Adam's moments, `ElementwiseAdam`'s steps).
         """
         layer = self.layer
         incoming, outgoing = layer.incoming, layer.outgoing
@@ -101,7 +110,7 @@ class UnitLayer:
             if getattr(layer.norm, "running_var", None) is not None:
                 layer.norm.running_var[units] = 1
         cols = self._outgoing_columns(units)
-        if mean_activation is not None and self.direct and outgoing.bias is not None:
+        if mean_activation is not None and self.bias_correctable:
             outgoing.bias += outgoing.weight[cols] @ mean_activation.to(outgoing.weight)
         outgoing.weight[cols] = 0
         touched.append((outgoing.weight, cols))
@@ -110,28 +119,52 @@ class UnitLayer:
                 reset_optimizer_state(optimizer, param, index)
 
 
+def unit_layer_names(model: nn.Module) -> list[str]:
+    """The declared layers of `model` that can host unit replacement (CBP, ReDo)."""
+    return [layer.name for layer in model.declared_layers() if layer.has_units]
+
+
 class UnitReset:
     """Base of the replacement policies (CBP, ReDo): hooks, layers, per-layer random streams.
 
-    Records, for every declared layer with units, the output of the last forward pass made in
-    training mode (a forward hook on the layer's module); `step()` (after `optimizer.step()`) lets
-    the policy pick units from those activations and re-initialises them. Each layer draws from
-    its own generator, seeded at construction from `generator` in layer order.
+    Records, for every selected layer, the output of the last forward pass made in training mode
+    (a forward hook on the layer's module); `step()` (after `optimizer.step()`) lets the policy
+    pick units from those activations and re-initialises them. `layers` selects declared layers
+    by name (None: every layer that can host replacement); a name that cannot is an error listing
+    those that can. Each layer draws from its own generator, seeded at construction from
+    `generator` (required: no hidden default stream) in layer order.
     """
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
-        generator: torch.Generator | None,
+        generator: torch.Generator,
+        layers: Sequence[str] | None = None,
     ) -> None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"{type(self).__name__} needs an explicit torch.Generator (generator=...), e.g. "
+                "torch.Generator().manual_seed(seed_for(seed, 'cbp'))"
+            )
         self.optimizer = optimizer
-        self.layers = [UnitLayer(layer) for layer in model.declared_layers() if layer.has_units]
-        if not self.layers:
+        declared = model.declared_layers()
+        hostable = [layer for layer in declared if layer.has_units]
+        names = [layer.name for layer in hostable]
+        if not hostable:
             raise ValueError(f"{type(model).__name__} declares no layers of replaceable units")
-        root = generator if generator is not None else torch.Generator().manual_seed(0)
+        if layers is not None:
+            unknown = [name for name in layers if name not in names]
+            if unknown or not layers:
+                raise ValueError(
+                    f"layers {list(layers)} cannot host unit replacement in "
+                    f"{type(model).__name__}; valid: {', '.join(names)}"
+                )
+            hostable = [layer for layer in hostable if layer.name in layers]
+        normalised = {id(layer.incoming) for layer in declared if layer.norm is not None}
+        self.layers = [UnitLayer(layer, id(layer.outgoing) in normalised) for layer in hostable]
         self.generators = [
-            torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=root)))
+            torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
             for _ in self.layers
         ]
         self._acts: dict[int, torch.Tensor] = {}

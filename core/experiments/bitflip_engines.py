@@ -1,5 +1,5 @@
-"""Bit-flip learners: the batched ensemble (many members as stacked weights) and the plain eager
-single run it is checked against.
+"""The two bit-flip engines: the batched ensemble (many members as stacked weights) and the plain
+eager single run it is checked against.
 
 Both have the same interface, driven by `core.experiments.bitflip.train` (the one training loop):
 `begin_chunk(start, n)` (pre-draw the chunk's randomness), `train_chunk(start, x, y, losses)` for
@@ -8,16 +8,17 @@ losses (n, M)), `model_for_probe()` and `load_member(k)` (an `nn.Module` holding
 weights, for the `core.metrics` probe), `weights()`, `replacements()`, `state_dict()` /
 `load_state_dict()`.
 
-`BitFlipEnsemble` runs M members (method x learning rate x seed, one width) of the 21 -> h -> 1
-learner: members are grouped by method, each group holds (n, ...) stacked weights and does a
-manual forward/backward with batched matmuls (`torch.baddbmm`/`bmm`) and in-place updates, with no
-host synchronisation inside a step. Member k draws every random number from its own streams
-(`member_seed(seed, purpose)`): the data, the initialisation, the noise of noisy SGD and CBP's
-draws; the chunk's noise and CBP draws are pre-drawn per member, in the same order a single run
-draws them step by step (see `NoisySGD` and `ContinualBackprop`). So member k's weights equal
-those of `EagerBitFlip` (an `nn.Module`, autograd, `torch.optim.SGD`/`Adam`, `NoisySGD`,
-`ContinualBackprop`) for the same member, up to float rounding (tested: <= 1e-6 over 10,000
-steps). CBP itself is the one `core.optim.CBPState`.
+`BitFlipEnsemble` runs M members (method x learning rate x seed, one width) of the d -> h -> 1
+learner (d -> 1 for the linear baseline, width 0): members are grouped by method, each group
+holds (n, ...) stacked weights and does a manual forward/backward with batched matmuls
+(`torch.baddbmm`) and in-place updates, with no host synchronisation inside a step. Member k draws
+every random number from its own streams (`seed_for(seed, purpose)`, PURPOSES): the data, the
+probe set, the initialisation, the noise of noisy SGD, CBP's draws and shrink-and-perturb's
+noise; the chunk's noise and CBP draws are pre-drawn per member, in the same order a single run
+draws them step by step (see `NoisySGD`, `ContinualBackprop`, `ShrinkPerturb`). So member k's
+weights equal those of `EagerBitFlip` (an `nn.Module`, autograd, `torch.optim.SGD` / `Adam`,
+`core.optim.ElementwiseAdam`, `NoisySGD`, `ContinualBackprop`, `ShrinkPerturb`) for the same
+member, up to float rounding (tested). CBP itself is the one `core.optim.CBPState`.
 """
 
 from __future__ import annotations
@@ -34,19 +35,37 @@ from torch import nn
 
 from core.models import ModelConfig, activation_gain, build_model
 from core.models.blocks import LEAKY_RELU_SLOPE
-from core.optim import CBPState, ContinualBackprop, NoisySGD, noise_size, uniform_rows
+from core.optim import (
+    CBPState,
+    ContinualBackprop,
+    ElementwiseAdam,
+    NoisySGD,
+    ShrinkPerturb,
+    elementwise_adam_step,
+    noise_size,
+    uniform_rows,
+)
+from core.run.seeds import seed_for
+from core.run.specs import CBPSpec, OptimizerSpec, ShrinkPerturbSpec
 
-METHODS = ("sgd", "adam", "noisy_sgd", "cbp", "sgd_then_cbp")
-PURPOSES = ("data", "init", "noise", "cbp", "probe")
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults (paper_spec §5.2)
-ADAM_EPS = 1e-8
+# method -> (base optimizer, CBP from step 0 | from switch_step | never)
+METHODS: dict[str, tuple[str, str | None]] = {
+    "sgd": ("sgd", None),
+    "adam": ("adam", None),
+    "noisy_sgd": ("noisy_sgd", None),
+    "cbp": ("sgd", "start"),
+    "adam_cbp": ("adam", "start"),
+    "sgd_then_cbp": ("sgd", "switch"),
+}
+# the random streams of a member (core.run.seeds.seed_for purposes)
+PURPOSES = ("data", "probe", "probe_sample", "init", "noise", "cbp", "shrink_perturb")
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
 _aten = torch.ops.aten
 
 # activation -> (forward(z), backward(grad_a, z, a)): the backward kernels autograd itself uses.
-ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+ENGINE_ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
     "relu": (torch.relu, lambda g, z, a: _aten.threshold_backward(g, a, 0)),
     "leaky_relu": (
         lambda z: F.leaky_relu(z, LEAKY_RELU_SLOPE),
@@ -60,16 +79,16 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
         torch.selu,
         lambda g, z, a: _aten.elu_backward(g, _SELU_ALPHA, _SELU_SCALE, 1.0, False, z),
     ),
+    "swish": (F.silu, lambda g, z, a: _aten.silu_backward(g, z)),
     "identity": (lambda z: z, lambda g, z, a: g),
 }
 
 
-def member_seed(seed: int, purpose: str) -> int:
-    """The seed of member `seed`'s random stream for `purpose` (one of PURPOSES)."""
-    state = np.random.SeedSequence([int(seed), PURPOSES.index(purpose)]).generate_state(
-        1, np.uint64
-    )
-    return int(state[0] >> np.uint64(1))
+def member_stream(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator for member `seed`'s stream `purpose` (one of PURPOSES)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose={purpose!r}; valid: {', '.join(PURPOSES)}")
+    return torch.Generator().manual_seed(seed_for(seed, purpose))
 
 
 @dataclass(frozen=True)
@@ -84,22 +103,21 @@ class Member:
     def name(self) -> str:
         return f"{self.method}-lr{self.lr:g}-seed{self.seed}"
 
+    @property
+    def optimizer(self) -> str:
+        return METHODS[self.method][0]
+
 
 @dataclass(frozen=True)
 class LearnerSettings:
     """What every member of a trial shares."""
 
-    width: int
+    width: int  # hidden units; 0: the linear learner d -> 1
     activation: str
     input_dim: int
-    noise_sigma0: float
-    noise_decay: float
-    cbp_rate: float
-    cbp_decay: float
-    cbp_maturity: int
-    cbp_util: str
-    cbp_rounding: str
-    cbp_bias_correction: bool
+    optimizer: OptimizerSpec  # hyper-parameters of the base optimizers (not name, lr)
+    cbp: CBPSpec
+    shrink_perturb: ShrinkPerturbSpec
     switch_step: int  # sgd_then_cbp: first step with CBP
     dtype: torch.dtype
 
@@ -109,29 +127,30 @@ class LearnerSettings:
             in_shape=(self.input_dim,),
             num_classes=1,
             activation=self.activation,
-            hidden_sizes=(self.width,),
+            hidden_sizes=(self.width,) if self.width else (),
         )
 
     def cbp_start(self, method: str) -> int | None:
         """The first step with CBP for `method`, or None."""
-        return {"cbp": 0, "sgd_then_cbp": self.switch_step}.get(method)
+        return {"start": 0, "switch": self.switch_step, None: None}[METHODS[method][1]]
 
     def cbp_state(self, members: int) -> CBPState:
+        c = self.cbp
         return CBPState(
             members,
             self.width,
-            replacement_rate=self.cbp_rate,
-            decay=self.cbp_decay,
-            maturity=self.cbp_maturity,
-            util_type=self.cbp_util,
-            rounding=self.cbp_rounding,
+            replacement_rate=c.replacement_rate,
+            decay=c.decay,
+            maturity=c.maturity,
+            util_type=c.util_type,
+            rounding=c.rounding,
             dtype=self.dtype,
         )
 
 
 def _cbp_layer_generator(seed: int) -> torch.Generator:
     """The hidden layer's CBP stream, spawned as `ContinualBackprop` spawns it from its root."""
-    root = torch.Generator().manual_seed(member_seed(seed, "cbp"))
+    root = member_stream(seed, "cbp")
     return torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=root)))
 
 
@@ -142,101 +161,171 @@ class _Group:
         s = settings
         self.settings = settings
         self.method = method
+        self.optimizer = METHODS[method][0]
         self.n = n = len(members)
-        models = [build_model(s.model_config(), seed=member_seed(m.seed, "init")) for m in members]
+        models = [build_model(s.model_config(), seed=seed_for(m.seed, "init")) for m in members]
 
         def stacked(name: str) -> torch.Tensor:
             return torch.stack([m.get_parameter(name).detach() for m in models]).to(s.dtype)
 
-        self.w1 = stacked("fc1.weight")  # (n, h, d)
-        self.b1 = stacked("fc1.bias")[..., None]  # (n, h, 1)
-        self.w2 = stacked("fc2.weight")  # (n, 1, h)
-        self.b2 = stacked("fc2.bias")[..., None]  # (n, 1, 1)
-        self.params = [self.w1, self.b1, self.w2, self.b2]
+        self.hidden = s.width > 0
+        if self.hidden:
+            self.w1 = stacked("fc1.weight")  # (n, h, d)
+            self.b1 = stacked("fc1.bias")[..., None]  # (n, h, 1)
+            self.w2 = stacked("fc2.weight")  # (n, 1, h)
+            self.b2 = stacked("fc2.bias")[..., None]  # (n, 1, 1)
+            self.params = [self.w1, self.b1, self.w2, self.b2]
+            self.act, self.act_grad = ENGINE_ACTIVATIONS[s.activation]
+        else:
+            self.params = [stacked("fc.weight"), stacked("fc.bias")[..., None]]  # (n,1,d) (n,1,1)
+        self.names = (
+            ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+            if self.hidden
+            else ["fc.weight", "fc.bias"]
+        )
         self.lr = torch.tensor([m.lr for m in members], dtype=torch.float64).view(n, 1, 1)
         self.neg_lr = (-self.lr).to(s.dtype)
-        self.act, self.act_grad = ACTIVATIONS[s.activation]
+        opt = s.optimizer
+        self.weight_decay = opt.weight_decay
+        # plain SGD: the update fused into the backward pass (-lr folded into the error)
+        self.fused_sgd = self.optimizer == "sgd" and not opt.weight_decay
         self.adam_step = 0
-        if method == "adam":
+        self.element_steps = self.optimizer == "adam" and opt.adam_step == "element"
+        if self.optimizer == "adam":
             self.exp_avg = [torch.zeros_like(p) for p in self.params]
             self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.noise_generators = [
-            torch.Generator().manual_seed(member_seed(m.seed, "noise")) for m in members
-        ]
+            if self.element_steps:
+                self.steps = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
+        self.noise_generators = [member_stream(m.seed, "noise") for m in members]
         self.noise_step = 0
         self.cbp_start = s.cbp_start(method)
         self.cbp = s.cbp_state(n) if self.cbp_start is not None else None
         self.cbp_generators = [_cbp_layer_generator(m.seed) for m in members]
+        sp = s.shrink_perturb
+        self.shrink = sp.shrink if sp.enabled else 0.0
+        self.perturb = sp.noise_std if sp.enabled else 0.0
+        self.sp_generators = [member_stream(m.seed, "shrink_perturb") for m in members]
         self.bound = activation_gain(s.activation) * math.sqrt(3.0 / s.input_dim)
         self._units = torch.arange(s.width)
-        self.on_cpu = self.w1.device.type == "cpu"
+        self.on_cpu = self.params[0].device.type == "cpu"
         self._chunk_start = 0
         self._noise = None
         self._draws = None
+        self._sp_noise = None
 
     # --- randomness of one chunk, pre-drawn per member ----------------------------------------
 
     def begin_chunk(self, start: int, n: int) -> None:
         self._chunk_start = start
         s = self.settings
-        if self.method == "noisy_sgd":
-            sigmas = s.noise_sigma0 * s.noise_decay ** np.arange(
-                self.noise_step, self.noise_step + n
-            )
+        size = noise_size(sum(p[0].numel() for p in self.params))
+        if self.optimizer == "noisy_sgd":
+            opt = s.optimizer
+            sigmas = opt.sigma0 * opt.decay ** np.arange(self.noise_step, self.noise_step + n)
             self._sigma = sigmas
             noisy = int((sigmas > 0).sum())  # sigma_t is non-increasing: the first `noisy` steps
-            size = noise_size(sum(p[0].numel() for p in self.params))
             self._noise = torch.zeros(n, self.n, size, dtype=s.dtype)  # (n steps, members, size)
             for k, g in enumerate(self.noise_generators):
                 self._noise[:noisy, k] = torch.randn(noisy, size, generator=g, dtype=s.dtype)
+        if self.perturb:
+            self._sp_noise = torch.empty(n, self.n, size, dtype=s.dtype)
+            for k, g in enumerate(self.sp_generators):
+                self._sp_noise[:, k] = torch.randn(n, size, generator=g, dtype=s.dtype)
         if self.cbp is not None:
             first = max(start, self.cbp_start)
             active = max(0, start + n - first)  # steps of this chunk with CBP
-            size = 1 + self.cbp.max_r * s.input_dim
-            self._draws = torch.zeros(n, self.n, size, dtype=s.dtype)
+            per_step = self.cbp.draws_per_step(s.input_dim)
+            self._draws = torch.zeros(n, self.n, per_step, dtype=s.dtype)
             for k, g in enumerate(self.cbp_generators):
-                self._draws[n - active :, k] = torch.rand(active, size, generator=g, dtype=s.dtype)
+                self._draws[n - active :, k] = torch.rand(
+                    active, per_step, generator=g, dtype=s.dtype
+                )
 
     # --- one step ------------------------------------------------------------------------------
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor, loss_out: torch.Tensor) -> None:
         """x (n, d, 1), y (n, 1, 1), loss_out (n, 1, 1); in-place update of every member."""
-        w1, b1, w2, b2 = self.params
-        z = torch.baddbmm(b1, w1, x)  # (n, h, 1)
-        a = self.act(z)
-        err = torch.baddbmm(b2, w2, a) - y  # (n, 1, 1): prediction - target
-        torch.mul(err, err, out=loss_out)
-        a_t = a.transpose(1, 2)  # (n, 1, h)
         x_t = x.transpose(1, 2)  # (n, 1, d)
         # Outer products as broadcast multiplies: batched matmuls with an inner size of 1 are slow.
-        if self.method == "adam" or self.method == "noisy_sgd":
-            g = err * 2.0  # d loss / d prediction
-            grad_z = self.act_grad(w2.transpose(1, 2) * g, z, a)  # (n, h, 1)
-            grads = [grad_z * x_t, grad_z, g * a_t, g]
-            if self.method == "adam":
-                self._adam(grads)
+        if not self.hidden:
+            w, b = self.params
+            err = torch.baddbmm(b, w, x) - y  # (n, 1, 1): prediction - target
+            torch.mul(err, err, out=loss_out)
+            if self.fused_sgd:
+                g = err * (2.0 * self.neg_lr)
+                w.addcmul_(g, x_t)
+                b.add_(g)
             else:
-                self._noisy_sgd(t, grads)
+                g = err * 2.0
+                self._update([g * x_t, g], t)
         else:
-            g = err * (2.0 * self.neg_lr)  # -lr * d loss / d prediction
-            grad_z = self.act_grad(w2.transpose(1, 2) * g, z, a)  # -lr * d loss / d z
-            w2.addcmul_(g, a_t)
-            b2.add_(g)
-            w1.addcmul_(grad_z, x_t)
-            b1.add_(grad_z)
+            w1, b1, w2, b2 = self.params
+            z = torch.baddbmm(b1, w1, x)  # (n, h, 1)
+            a = self.act(z)
+            err = torch.baddbmm(b2, w2, a) - y  # (n, 1, 1): prediction - target
+            torch.mul(err, err, out=loss_out)
+            a_t = a.transpose(1, 2)  # (n, 1, h)
+            if self.fused_sgd:
+                g = err * (2.0 * self.neg_lr)  # -lr * d loss / d prediction
+                grad_z = self.act_grad(w2.transpose(1, 2) * g, z, a)  # -lr * d loss / d z
+                w2.addcmul_(g, a_t)
+                b2.add_(g)
+                w1.addcmul_(grad_z, x_t)
+                b1.add_(grad_z)
+            else:
+                g = err * 2.0  # d loss / d prediction
+                grad_z = self.act_grad(w2.transpose(1, 2) * g, z, a)  # (n, h, 1)
+                self._update([grad_z * x_t, grad_z, g * a_t, g], t)
             if self.cbp is not None and t >= self.cbp_start:
                 self._cbp(t, a_t)
+        if self.shrink or self.perturb:
+            self._shrink_perturb(t)
+
+    def _update(self, grads: list[torch.Tensor], t: int) -> None:
+        if self.optimizer == "adam":
+            self._adam(grads)
+        elif self.optimizer == "noisy_sgd":
+            self._noisy_sgd(t, grads)
+        else:
+            for p, grad in zip(self.params, grads):
+                self._sgd(p, grad)
+
+    def _sgd(self, p: torch.Tensor, grad: torch.Tensor) -> None:
+        """torch.optim.SGD without momentum: coupled L2, then p -= lr d_p."""
+        if self.weight_decay:
+            grad = grad.add(p, alpha=self.weight_decay)
+        p.addcmul_(grad, self.neg_lr)
 
     def _adam(self, grads: list[torch.Tensor]) -> None:
-        """torch.optim.Adam's update (single-tensor form) with a per-member learning rate."""
-        beta1, beta2 = ADAM_BETAS
+        """torch.optim.Adam's update (single-tensor form) with a per-member learning rate, or
+        `ElementwiseAdam`'s (`optimizer.adam_step=element`)."""
+        opt = self.settings.optimizer
+        beta1, beta2 = opt.betas
+        if self.element_steps:
+            for p, grad, m, v, steps in zip(
+                self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps
+            ):
+                elementwise_adam_step(
+                    p,
+                    grad,
+                    m,
+                    v,
+                    steps,
+                    lr=self.lr,
+                    betas=opt.betas,
+                    eps=opt.eps,
+                    weight_decay=opt.weight_decay,
+                )
+            return
         self.adam_step += 1
         neg_step_size = (-self.lr / (1 - beta1**self.adam_step)).to(self.settings.dtype)
         bias_correction2_sqrt = (1 - beta2**self.adam_step) ** 0.5
         for p, grad, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            if opt.weight_decay:
+                grad = grad.add(p, alpha=opt.weight_decay)
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(opt.eps)
             p.addcmul_(m / denom, neg_step_size)
 
     def _noisy_sgd(self, t: int, grads: list[torch.Tensor]) -> None:
@@ -251,44 +340,64 @@ class _Group:
                 norm = torch.linalg.vector_norm(grad, dim=(1, 2), keepdim=True)
                 noise = xi[:, offset : offset + numel].view_as(p)
                 grad = grad + sigma * norm * noise
-            p.addcmul_(grad, self.neg_lr)
+            self._sgd(p, grad)
             offset += numel
         self.noise_step += 1
+
+    def _shrink_perturb(self, t: int) -> None:
+        """`ShrinkPerturb.step` per member: p <- (1 - shrink) p + noise_std xi."""
+        xi = self._sp_noise[t - self._chunk_start] if self.perturb else None  # (n, size)
+        offset = 0
+        for p in self.params:
+            numel = p[0].numel()
+            if self.shrink:
+                p.mul_(1.0 - self.shrink)
+            if xi is not None:
+                p.add_(xi[:, offset : offset + numel].view_as(p), alpha=self.perturb)
+            offset += numel
 
     def _cbp(self, t: int, h: torch.Tensor) -> None:
         """`ContinualBackprop.step` for every member at once; h (n, 1, units) pre-update."""
         cbp, w1, b1, w2, b2 = self.cbp, *self.params
-        draws = self._draws[t - self._chunk_start]  # (n, 1 + max_r * d)
+        n, units, d = w1.shape
+        draws = self._draws[t - self._chunk_start]  # (n, draws_per_step)
+        uniform, util_uniforms, candidates = cbp.split_draws(draws, d)
         in_mag = w1.abs().mean(2) if cbp.needs_in_magnitude else None
         # Skipping idle steps reads r: free on the CPU, a synchronisation on a GPU.
         out_mag = w2[:, 0].abs()  # (n, units): one consumer, the mean over it is itself
-        chosen = cbp.step(h, out_mag, in_mag, draws[:, 0], skip_if_none=self.on_cpu)
+        chosen = cbp.step(
+            h, out_mag, in_mag, uniform, skip_if_none=self.on_cpu, util_uniforms=util_uniforms
+        )
         if chosen is None or cbp.max_r == 0:
             return
         order, mask, _ = chosen
-        n, units, d = w1.shape
-        candidates = draws[:, 1:].view(n, cbp.max_r, d)
         if cbp.max_r > 1:  # unit order[k, j] takes candidate row j (j < r[k])
             position = torch.empty_like(order).scatter_(1, order, self._units.expand(n, -1))
             slot = position.clamp_(max=cbp.max_r - 1)[..., None].expand(n, units, d)
             candidates = candidates.gather(1, slot)  # (n, units, d)
+        else:
+            candidates = candidates.expand(n, units, d)
         torch.where(mask[..., None], uniform_rows(candidates, self.bound), w1, out=w1)
         b1.masked_fill_(mask[..., None], 0)
-        if self.settings.cbp_bias_correction:
+        if self.settings.cbp.bias_correction:
             fhat = torch.where(mask, cbp.corrected_mean(), 0)  # (n, units)
             b2.add_((w2 * fhat[:, None]).sum(2, keepdim=True))
         w2.masked_fill_(mask[:, None], 0)
         cbp.reset(mask)
+        if self.optimizer == "adam":  # `reset_optimizer_state` of w1's rows, b1, w2's columns
+            masks = [mask[..., None], mask[..., None], mask[:, None]]
+            states = [self.exp_avg, self.exp_avg_sq] + ([self.steps] if self.element_steps else [])
+            for state in states:
+                for tensor, where in zip(state[:3], masks):
+                    tensor.masked_fill_(where, 0)
 
     # --- reading out ---------------------------------------------------------------------------
 
     def weights(self) -> dict[str, torch.Tensor]:
-        w1, b1, w2, b2 = self.params
+        """The stacked parameters under the module's names (biases as (n, out))."""
         return {
-            "fc1.weight": w1,
-            "fc1.bias": b1[..., 0],
-            "fc2.weight": w2,
-            "fc2.bias": b2[..., 0],
+            name: p[..., 0] if name.endswith("bias") else p
+            for name, p in zip(self.names, self.params)
         }
 
     def replacements(self) -> torch.Tensor:
@@ -304,10 +413,13 @@ class _Group:
             "noise_step": self.noise_step,
             "noise_rng": [g.get_state() for g in self.noise_generators],
             "cbp_rng": [g.get_state() for g in self.cbp_generators],
+            "shrink_perturb_rng": [g.get_state() for g in self.sp_generators],
         }
-        if self.method == "adam":
+        if self.optimizer == "adam":
             state["exp_avg"] = [m.clone() for m in self.exp_avg]
             state["exp_avg_sq"] = [v.clone() for v in self.exp_avg_sq]
+            if self.element_steps:
+                state["steps"] = [t.clone() for t in self.steps]
         if self.cbp is not None:
             state["cbp"] = self.cbp.state_dict()
         return state
@@ -317,15 +429,18 @@ class _Group:
             p.copy_(saved)
         self.adam_step = int(state["adam_step"])
         self.noise_step = int(state["noise_step"])
-        for g, saved in zip(self.noise_generators, state["noise_rng"]):
-            g.set_state(saved)
-        for g, saved in zip(self.cbp_generators, state["cbp_rng"]):
-            g.set_state(saved)
-        if self.method == "adam":
-            for m, saved in zip(self.exp_avg, state["exp_avg"]):
-                m.copy_(saved)
-            for v, saved in zip(self.exp_avg_sq, state["exp_avg_sq"]):
-                v.copy_(saved)
+        for key, generators in (
+            ("noise_rng", self.noise_generators),
+            ("cbp_rng", self.cbp_generators),
+            ("shrink_perturb_rng", self.sp_generators),
+        ):
+            for g, saved in zip(generators, state[key]):
+                g.set_state(saved)
+        if self.optimizer == "adam":
+            names = ["exp_avg", "exp_avg_sq"] + (["steps"] if self.element_steps else [])
+            for name in names:
+                for tensor, saved in zip(getattr(self, name), state[name]):
+                    tensor.copy_(saved)
         if self.cbp is not None:
             self.cbp.load_state_dict(state["cbp"])
 
@@ -403,7 +518,9 @@ class BitFlipEnsemble:
 
 
 class EagerBitFlip:
-    """One member as a plain run: `nn.Module`, autograd, a torch optimizer, `ContinualBackprop`.
+    """One member as a plain run: `nn.Module`, autograd, a torch optimizer (or
+    `ElementwiseAdam`, `NoisySGD`), `ContinualBackprop`, `ShrinkPerturb`, in the order
+    optimizer step, CBP, shrink-and-perturb (as `core.run.build.Interventions`).
 
     The reference the ensemble is tested against, and the baseline of the benchmark.
     """
@@ -413,36 +530,55 @@ class EagerBitFlip:
         self.settings = settings
         self.member = member
         self.members = [member]
-        self.model: nn.Module = build_model(s.model_config(), seed=member_seed(member.seed, "init"))
+        self.model: nn.Module = build_model(s.model_config(), seed=seed_for(member.seed, "init"))
         self.model.to(s.dtype)
-        params = self.model.parameters()
-        if member.method == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=member.lr)
-        elif member.method == "noisy_sgd":
+        params = list(self.model.parameters())
+        opt = s.optimizer
+        if member.optimizer == "adam" and opt.adam_step == "element":
+            self.optimizer = ElementwiseAdam(
+                params, lr=member.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+            )
+        elif member.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(
+                params, lr=member.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+            )
+        elif member.optimizer == "noisy_sgd":
             self.optimizer = NoisySGD(
                 params,
                 lr=member.lr,
-                sigma0=s.noise_sigma0,
-                decay=s.noise_decay,
-                generator=torch.Generator().manual_seed(member_seed(member.seed, "noise")),
+                sigma0=opt.sigma0,
+                decay=opt.decay,
+                weight_decay=opt.weight_decay,
+                generator=member_stream(member.seed, "noise"),
             )
         else:
-            self.optimizer = torch.optim.SGD(params, lr=member.lr)
+            self.optimizer = torch.optim.SGD(params, lr=member.lr, weight_decay=opt.weight_decay)
+        sp = s.shrink_perturb
+        self.shrink_perturb = (
+            ShrinkPerturb(
+                params,
+                shrink=sp.shrink,
+                noise_std=sp.noise_std,
+                generator=member_stream(member.seed, "shrink_perturb"),
+            )
+            if sp.enabled and (sp.shrink or sp.noise_std)
+            else None
+        )
         self.cbp_start = s.cbp_start(member.method)
         self.cbp: ContinualBackprop | None = None
 
     def _start_cbp(self) -> None:
-        s = self.settings
+        c = self.settings.cbp
         self.cbp = ContinualBackprop(
             self.model,
             self.optimizer,
-            replacement_rate=s.cbp_rate,
-            decay=s.cbp_decay,
-            maturity=s.cbp_maturity,
-            util_type=s.cbp_util,
-            rounding=s.cbp_rounding,
-            bias_correction=s.cbp_bias_correction,
-            generator=torch.Generator().manual_seed(member_seed(self.member.seed, "cbp")),
+            replacement_rate=c.replacement_rate,
+            decay=c.decay,
+            maturity=c.maturity,
+            util_type=c.util_type,
+            rounding=c.rounding,
+            bias_correction=c.bias_correction,
+            generator=member_stream(self.member.seed, "cbp"),
         )
 
     def begin_chunk(self, start: int, n: int) -> None:
@@ -460,6 +596,8 @@ class EagerBitFlip:
             self.optimizer.step()
             if self.cbp is not None:
                 self.cbp.step()
+            if self.shrink_perturb is not None:
+                self.shrink_perturb.step()
             losses[i] = loss.detach()
 
     def model_for_probe(self) -> nn.Module:
@@ -481,6 +619,9 @@ class EagerBitFlip:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "cbp": None if self.cbp is None else self.cbp.state_dict(),
+            "shrink_perturb": None
+            if self.shrink_perturb is None
+            else self.shrink_perturb.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -489,3 +630,5 @@ class EagerBitFlip:
         if state["cbp"] is not None:
             self._start_cbp()
             self.cbp.load_state_dict(state["cbp"])
+        if state["shrink_perturb"] is not None:
+            self.shrink_perturb.load_state_dict(state["shrink_perturb"])
