@@ -15,14 +15,16 @@ import numpy as np
 def seed_for(seed: int, purpose: str, *index: int) -> int:
     """A 63-bit seed for the stream `purpose` (and optional sub-indices, e.g. a task) of `seed`.
 
-    `np.random.SeedSequence` over (seed, a hash of the purpose, *index): different purposes or
-    indices give unrelated seeds; the same arguments give the same seed on every machine.
+    `np.random.SeedSequence` over (seed, a hash of the purpose, *(index + 1)): different purposes
+    or indices give unrelated seeds; the same arguments give the same seed on every machine. The
+    indices enter shifted by one because SeedSequence ignores trailing zero words (`[s, t]` and
+    `[s, t, 0]` give one state), which would make `seed_for(s, p)` equal `seed_for(s, p, 0)`.
     """
     if not purpose:
         raise ValueError("seed_for needs a non-empty purpose")
     tag = int.from_bytes(hashlib.blake2b(purpose.encode(), digest_size=4).digest(), "little")
-    entropy = [int(seed), tag, *(int(i) for i in index)]
-    if min(entropy) < 0:
-        raise ValueError(f"seed_for takes non-negative seeds and indices, got {entropy}")
+    if min((int(seed), *(int(i) for i in index))) < 0:
+        raise ValueError(f"seed_for takes non-negative seeds and indices, got {seed}, {index}")
+    entropy = [int(seed), tag, *(int(i) + 1 for i in index)]
     state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state[0] >> np.uint64(1))
