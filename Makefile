@@ -59,11 +59,16 @@ mlflow-ui: install
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(abspath $(MLFLOW_SWEEP))/mlflow.db
 
-# Throughput benchmarks, measured in one run on this machine (figures in README.md).
+# Throughput benchmarks, measured in one run on this machine (figures in README.md), and this
+# machine's entries of the cost table that `python -m sweeps plan` reads (sweeps/costs.json,
+# updated in place: other devices' figures stay; docs/sweeps.md).
 .PHONY: bench
 bench: install
 	$(PY) benchmarks/bench_bitflip.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_training.py --costs
+	$(PY) benchmarks/bench_memory.py --write
+	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_diagnose.py --lanczos-steps 0
 	$(PY) benchmarks/bench_sweeps.py --scale bench200

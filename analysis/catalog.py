@@ -36,6 +36,10 @@ UNIT_METRICS = {
 }
 UNIT_SPLIT = {"continual": "train", "cloning": "clone_train", "bitflip": "probe"}
 
+# the probe's diagnosis rows (probe.diagnose=true; core/metrics/partition.py), drawn per layer on
+# UNIT_SPLIT: series name -> metric
+DIAGNOSIS_METRICS = {"cloned": "cloned_fraction", "frozen": "frozen_fraction_all_rows"}
+
 CLONING_SCORE = ("clone_train", "", "r2_mean")  # mean of the layers' forward/backward R^2
 BITFLIP_SWITCH_METHOD = "sgd_then_cbp"  # the method whose switch Fig. B.1 shows
 

@@ -18,7 +18,9 @@ do not hold is skipped with a message. Metric names and config keys come from `a
 Families (file stems; options other than the defaults append `__option-value` parts,
 analysis.options.output_name): `curves-<split>-<metric>` (loss and accuracy);
 `units-<split>-<metric>` (effective rank, participation ratio, duplicate and dead fraction, each
-run's layers averaged); `cloning-score` (the mean R² of the clone's layers); `cloning-base-vs-clone`
+run's layers averaged); `diagnosis-<split>` (the probe's `diagnose` rows: the fraction of units in
+clone blocks, solid, and frozen on every probe row, dashed, one axes per layer and facet value);
+`cloning-score` (the mean R² of the clone's layers); `cloning-base-vs-clone`
 (base dashed, clone solid training loss); `bitflip-switch` (SGD -> CBP at the smallest width);
 `bitflip-width` (final binned loss against learner width, error bars).
 """
@@ -76,6 +78,26 @@ def bands(
         est = t_interval(values[np.isfinite(values)], confidence)
         out.append([*key, est.n, est.mean, est.low, est.high])
     return pd.DataFrame(out, columns=columns)
+
+
+def per_layer_bands(
+    records: pd.DataFrame,
+    runs: pd.DataFrame,
+    split: str,
+    metric: str,
+    keys: list[str],
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """`bands` of `metric` for every layer that has it, with a `layer` column (layers sorted)."""
+    rows = records[(records["split"] == split) & (records["metric"] == metric)]
+    frames = [
+        bands(rows, runs, split, metric, keys, layer, confidence).assign(layer=layer)
+        for layer in sorted(rows["layer"].unique())
+        if layer
+    ]
+    if not frames:
+        return pd.DataFrame(columns=[*keys, "step", *STATS, "layer"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def _combos(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple]:
@@ -287,6 +309,25 @@ def draw(
             grid(f"units-{split}-{names[0]}", {"": frame}, f"{split}: {title}", title)
         else:
             print(f"skipped units-{split}-{names[0]}: no {' or '.join(names)} rows")
+
+    diagnosis = {
+        name: per_layer_bands(records, runs, split, metric, keys)
+        for name, metric in catalog.DIAGNOSIS_METRICS.items()
+    }
+    if any(len(frame) for frame in diagnosis.values()):
+        configs = runs[keys].drop_duplicates()
+        f_keys, h_keys = layout(configs, keys, facet, hue, max(1, max_lines // len(diagnosis)))
+        drawn[f"diagnosis-{split}"] = plot_grid(
+            diagnosis,
+            ["layer", *f_keys],
+            h_keys,
+            f"{split}: units in clone blocks (cloned) and frozen on every probe row (frozen), "
+            "per layer (probe.diagnose)",
+            "fraction of the layer's units",
+        )
+    else:
+        names = " or ".join(catalog.DIAGNOSIS_METRICS.values())
+        print(f"skipped diagnosis-{split}: no {names} rows (probe.diagnose=true records them)")
 
     if experiment == "cloning":
         s, layer, metric = catalog.CLONING_SCORE

@@ -4,7 +4,9 @@ The record format (file names, the long-format columns run_id, step, split, laye
 the config.json layout, the statuses) belongs to `core.run.schema`; this module reads records only
 through it. A record that holds other records below it (a bit-flip ensemble trial, whose members
 live under `members/`) is a container: its own rows are trial-level summaries, so only the
-records below it are read.
+records below it are read. A cloning sweep's shared base (config part=base) is skipped too: every
+clone record computed from it holds its rows, and the split keys (part, base_from) are dropped
+from the runs table, so a sweep computed through shared bases groups like one computed whole.
 
 Each run's experiment is `config.json`'s "experiment" entry (continual, cloning or bitflip).
 Records written before config.json held it are refused with a message naming them, unless the
@@ -98,8 +100,8 @@ def _why(err: Exception, path: Path) -> str:
 
 
 def _run_row(sweep_dir: Path, run: Path, unreadable: list[str]) -> dict | None:
-    """The run's META and flattened config; None (and a note in `unreadable`) if config.json
-    cannot be read."""
+    """The run's META and flattened config; None for a shared base, and (with a note in
+    `unreadable`) if config.json cannot be read."""
     where = run.relative_to(sweep_dir)
     try:
         info = schema.read_config(run)
@@ -113,7 +115,9 @@ def _run_row(sweep_dir: Path, run: Path, unreadable: list[str]) -> dict | None:
         why = _why(err, schema.status_path(run))
         unreadable.append(f"{where / schema.STATUS_FILE}: {why}; status taken as unknown")
         status = {"status": "unknown", "reason": "status.json unreadable"}
-    config = flatten(info["config"])
+    if info["config"].get("part") == schema.SHARED_BASE:
+        return None  # its rows are in each clone record computed from it
+    config = {k: v for k, v in flatten(info["config"]).items() if k not in schema.SPLIT_KEYS}
     clash = sorted(set(config) & set(META))
     if clash:
         raise ValueError(f"{where / schema.CONFIG_FILE}: config keys {clash} clash with {META}")

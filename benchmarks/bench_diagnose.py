@@ -7,36 +7,31 @@ The CNN at the paper's size (core.models defaults, CIFAR-10 images 3x32x32, 10 c
 clone by `core.cloning.expand(cnn, 2)`. One training step: batch 128, forward, cross-entropy,
 backward, SGD with momentum. One diagnosis at the probe batch size (`--batch`, default 500) of
 the fresh CNN (no clones: the forward/backward part only) and of the clone (with the stability
-part: `--lanczos-steps` Hessian-vector products on a float64 copy). Each figure is the fastest of
-`--repeats` timings after a warm-up; it prints the seconds and the multiple of one training step.
+part: `--lanczos-steps` Hessian-vector products on a float64 copy). The probe's `diagnose` option
+(`probe.diagnose=true`: the clone partition and frozen units per layer at every probe) at the same
+batch: the `default` probe without and with it, on the fresh CNN and on the clone. Each figure is
+the fastest of `--repeats` timings after a warm-up; it prints the seconds and the multiple of one
+training step.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_metrics import seconds  # a script's folder is on sys.path
 
 from core.cloning import expand
 from core.diagnose import diagnose
+from core.metrics import Probe, ProbeSpec
 from core.models import ModelConfig, build_model
 
 
 def _fastest(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(seconds(fn, device) for _ in range(repeats))
 
 
 def main() -> None:
@@ -67,6 +62,19 @@ def main() -> None:
     print(f"training step (batch 128): {train * 1e3:.1f} ms", flush=True)
     fresh = _fastest(lambda: diagnose(model.eval(), x, y, F.cross_entropy), device, args.repeats)
     print(f"diagnose, fresh CNN (batch {args.batch}): {fresh:.2f} s = {fresh / train:.0f} steps")
+    for name, net in (("fresh CNN", model), ("CNN cloned x2", clone)):
+        plain, with_diagnosis = (
+            _fastest(Probe(net, x, y, F.cross_entropy, ProbeSpec(diagnose=on), generator=g), device,
+                     args.repeats)
+            for on in (False, True)
+        )  # fmt: skip
+        print(
+            f"probe (default preset), {name} (batch {args.batch}): {plain:.2f} s = "
+            f"{plain / train:.1f} steps; with probe.diagnose=true {with_diagnosis:.2f} s = "
+            f"{with_diagnosis / train:.1f} steps (the option: "
+            f"{(with_diagnosis - plain) / train:+.1f} steps)",
+            flush=True,
+        )
     if args.lanczos_steps > 0:
         cloned = _fastest(
             lambda: diagnose(clone.eval(), x, y, F.cross_entropy, lanczos_steps=args.lanczos_steps),

@@ -31,7 +31,7 @@ CADENCE_EPOCHS = 5
 TARGET = 0.02
 
 
-def _seconds(fn, device: torch.device) -> float:
+def seconds(fn, device: torch.device) -> float:
     """Wall-clock seconds of one call of `fn()` (device work included)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -70,8 +70,8 @@ def measure(arch: str, batch: int, probe_size: int, device: torch.device, repeat
     probe()
     steps, probes = [], []
     for _ in range(repeats):
-        steps.append(_seconds(step, device))
-        probes.append(_seconds(probe, device))
+        steps.append(seconds(step, device))
+        probes.append(seconds(probe, device))
     return min(steps), min(probes)
 
 

@@ -20,7 +20,7 @@ training and 1,000 test images, base and clone side by side, both counted once p
     python benchmarks/bench_training.py --threads 1 --clock process     # CPU: mlp, ~10 minutes
     python benchmarks/bench_training.py --archs mlp cnn resnet vit --shape 3,64,64   # on a GPU
 
-    python benchmarks/bench_training.py --costs --archs mlp cnn      # the sweeps' cost table
+    python benchmarks/bench_training.py --costs      # the sweeps' cost table (`make bench`)
 
 `--costs` measures instead the seconds per training step of each experiment phase and
 architecture at the paper studies' input shapes and batch (cloning: CIFAR-10's 3x32x32, base
@@ -28,6 +28,9 @@ alone and base + clone; continual: Tiny ImageNet's 3x64x64; bit flip: member-ste
 ensemble per width and method) with the real experiment loop at two short lengths, and writes them
 into sweeps/costs.json for this machine's device kind (`cpu`: one thread and the process clock,
 core-seconds; a GPU: its model, e.g. `a100`), which `python -m sweeps plan` reads (sweeps.costs).
+The file is updated in place: the figures measured here replace those of the same key and device
+kind, every other entry stays (an A100 node's figures survive a laptop's `make bench`). Default
+architectures: mlp and cnn on a CPU (resnet and vit are GPU work), all four on a GPU.
 
 One line per experiment and architecture: images/s of the loop, of the loop with the probe only
 at task or phase ends (separating the probe's share from the loop's), and of the bare loop, each
@@ -165,6 +168,7 @@ COST_RUNS = {
     ("cloning", "clone"): ((3, 32, 10, 64), ("clone_epochs=1", "clone_epochs=4"), 15),
     ("continual", "train"): ((3, 64, 5, 128), ("task_length=2", "task_length=8"), 6),
 }
+COST_ARCHS = {"cpu": ("mlp", "cnn"), "gpu": ("mlp", "cnn", "resnet", "vit")}  # `make bench`
 BITFLIP_WIDTHS = (5, 10, 50, 100)
 BITFLIP_METHODS = ("sgd", "sgd_then_cbp", "cbp")
 BITFLIP_MEMBERS = 70
@@ -255,7 +259,11 @@ def main() -> None:
     parser.add_argument(
         "--costs", action="store_true", help="measure and write the sweeps' cost table"
     )
-    parser.add_argument("--archs", nargs="+", default=["mlp"], help="mlp cnn resnet vit")
+    parser.add_argument(
+        "--archs",
+        nargs="+",
+        help="mlp cnn resnet vit (default: mlp; with --costs: mlp cnn on a CPU, all on a GPU)",
+    )
     parser.add_argument("--experiments", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--shape", default="3,32,32", help="C,H,W of the synthetic images")
     parser.add_argument("--batch", type=int, default=128)
@@ -276,8 +284,10 @@ def main() -> None:
         if device.type == "cpu":
             torch.set_num_threads(1)  # core-seconds, on the process clock
         clock = time.process_time if device.type == "cpu" else time.perf_counter
-        write_cost_table(args.archs, args.batch, device, clock)
+        archs = args.archs or COST_ARCHS["cpu" if device.type == "cpu" else "gpu"]
+        write_cost_table(archs, args.batch, device, clock)
         return
+    args.archs = args.archs or ["mlp"]
     clock = time.process_time if args.clock == "process" else time.perf_counter
     channels, size, _ = (int(v) for v in args.shape.split(","))
     load = "/".join(f"{v:.1f}" for v in os.getloadavg())

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from cluster.launch import SweepBusy, submit_sweep
+from core.run.cli import user_error
 from sweeps.profiles import PROFILES
 
 
@@ -95,8 +96,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except SweepBusy as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        user_error("python -m cluster", err, 3)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        user_error("python -m cluster", err)

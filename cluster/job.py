@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
@@ -136,15 +137,9 @@ class SweepJob(Checkpointable):
             )
         return json.loads(summary.read_text())
 
-    def checkpoint(
-        self,
-        study: str,
-        scale: str,
-        sweep_dir: str,
-        extend: bool = False,
-        config: tuple[str, ...] = (),
-    ) -> DelayedSubmission:
-        """Called by submitit on USR2: stop the driver gracefully, stop Ray, requeue afresh."""
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """Called by submitit on USR2 with the arguments of `__call__`: stop the driver
+        gracefully, stop Ray, requeue a fresh job with the same arguments."""
         driver = self._driver
         if driver is not None and driver.returncode is None:
             print("preempted: stopping the Tune driver (it saves the sweep's state)", flush=True)
@@ -156,7 +151,7 @@ class SweepJob(Checkpointable):
                 print("the driver did not stop in time: killing it", flush=True)
                 driver.kill()
         self._stop(remove_temp_dir=True)
-        return DelayedSubmission(SweepJob(), study, scale, sweep_dir, extend, config)
+        return DelayedSubmission(SweepJob(), *args, **kwargs)
 
     def _stop(self, remove_temp_dir: bool) -> None:
         """Stop this run's driver and Ray processes by PID (once: later calls do nothing)."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeps.local_ray import NO_PORT
+from sweeps.ray_job import JOB_ENV
 
 PORT_BASE = 20000  # ports PORT_BASE .. PORT_BASE + 9999, below Linux's ephemeral range
 PORT_SLOTS = 500  # jobs whose ids differ by a multiple of this share ports: not on one node
@@ -181,6 +182,7 @@ def ray_environment(token_file: Path) -> dict[str, str]:
         # without the token and cannot be switched off: an invalid port keeps them from starting.
         "AUTOSCALER_METRIC_PORT": NO_PORT,
         "DASHBOARD_METRIC_PORT": NO_PORT,
+        **JOB_ENV,  # the driver's Ray job stops on SIGINT, Tune's graceful stop
     }
 
 

@@ -14,12 +14,19 @@ Exit status: 0 every point finished (completed or diverged); 1 some point failed
 unfinished (the summary says which and why); 2 a usage error (bad study, scale, key or value,
 missing data, a changed grid without --extend); 3 another driver holds the sweep directory.
 On SLURM, `python -m cluster submit STUDY ...` submits the same sweep (docs/cluster.md).
+
+`run` and `resume` start a local Ray head and run the driver as a Ray job on it (the dashboard
+lists it under Jobs with its live log, which is printed here too; Ctrl-C stops it), unless
+`--no-dashboard` (the driver runs in this process) or `--ray-address` (this process is the driver,
+against that cluster: what the job runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -34,6 +41,7 @@ from sweeps.driver import (
     point_configs,
     reset_points,
     resolved_space,
+    run_points,
     run_sweep,
     summarize,
 )
@@ -83,7 +91,17 @@ def _parser() -> argparse.ArgumentParser:
                 help="SLURM knob, as for python -m cluster submit (partition=gpu, time=4:00:00)",
             )
         if name in ("run", "resume"):
-            sub.add_argument("--no-dashboard", action="store_true", help="no Ray dashboard")
+            sub.add_argument(
+                "--no-dashboard",
+                action="store_true",
+                help="no Ray dashboard: the driver runs in this process, not as a Ray job",
+            )
+            sub.add_argument(
+                "--ray-address",
+                metavar="HOST:PORT",
+                help="run the driver in this process against the running Ray cluster at "
+                "HOST:PORT (what the driver's Ray job runs)",
+            )
             sub.add_argument(
                 "--extend",
                 action="store_true",
@@ -127,7 +145,14 @@ def _only(items: list[str]) -> dict[str, list[str]]:
 
 def _print_plan(args: argparse.Namespace, overrides: dict) -> None:
     """The pre-flight (configs, data, resources on the target) and the plan with its cost."""
-    from sweeps.costs import COSTS_FILE, describe, estimate, load_costs, trial_work
+    from sweeps.costs import (
+        COSTS_FILE,
+        describe,
+        describe_saving,
+        estimate,
+        load_costs,
+        trial_work,
+    )
     from sweeps.profiles import profile_fields
     from sweeps.target import check_resources, local_target, slurm_target
 
@@ -157,7 +182,10 @@ def _print_plan(args: argparse.Namespace, overrides: dict) -> None:
         f"{target.cpus_per_node} CPUs, {target.gpus_per_node} GPUs per node)"
     )
     experiment = module.EXPERIMENT
-    works = {p: trial_work(experiment, cfg) for p, cfg in point_configs(study, points).items()}
+    alone = {p: trial_work(experiment, cfg) for p, cfg in point_configs(study, points).items()}
+    trials = run_points(study, points, default_sweep_dir(study, scale, overrides))  # as it runs
+    works = {p: trial_work(experiment, cfg) for p, cfg in point_configs(study, trials).items()}
+    print(describe_saving(alone, works))
     table = load_costs(args.costs or COSTS_FILE)
     for line in describe(estimate(works, target.device, target.devices, table)):
         print(line)
@@ -188,6 +216,42 @@ def _print_running(summary: dict) -> None:
         total = f"/{entry['total']:,}" if entry["total"] else ""
         eta = "ETA unknown" if entry["eta_s"] is None else f"ETA {entry['eta_s'] / 60:.1f} min"
         print(f"running: point {entry['point']} ({values}): step {entry['step']:,}{total}, {eta}")
+
+
+def _run_as_job(
+    args: argparse.Namespace, sweep_dir: Path, overrides: dict, override_items: list[str]
+) -> int:
+    """A local sweep with its dashboard: the pre-flight here (nothing starts on a bad config,
+    missing data, a trial this machine cannot run, a held sweep), then a local Ray head and the
+    driver (`... --ray-address HEAD`) as a Ray job on it, its log followed here (sweeps.ray_job);
+    the driver's exit status."""
+    from sweeps.driver import select
+    from sweeps.local_ray import LocalRay
+    from sweeps.lock import held_by
+    from sweeps.ray_job import run_driver_job, submission_id
+    from sweeps.target import check_resources, local_target
+
+    what = f"study {args.study} (scale {args.scale})"
+    check_resources(load_study(args.study).resources(args.scale), local_target(args.num_cpus), what)
+    points = plan(args.study, args.scale, overrides=overrides)
+    if args.only:
+        select(args.study, points, _only(args.only))
+    sweep_dir = sweep_dir.resolve()
+    holder = held_by(sweep_dir)
+    if holder is not None:
+        raise SweepLocked(f"{sweep_dir} is in use by {holder}; wait for it to end (or stop it)")
+    head = LocalRay(dashboard=True, num_cpus=args.num_cpus).start()
+    try:
+        print(head.how_to_open(), flush=True)
+        command = [sys.executable, "-m", "sweeps", args.command, args.study]
+        command += ["--scale", args.scale, "--sweep-dir", str(sweep_dir)]
+        command += ["--ray-address", head.address, *(["--extend"] if args.extend else [])]
+        command += [f"--only={item}" for item in args.only] + override_items
+        metadata = {"study": args.study, "scale": args.scale, "sweep_dir": str(sweep_dir)}
+        job = submission_id(sweep_dir.name)
+        return run_driver_job(head.dashboard_url, shlex.join(command), job, metadata)
+    finally:
+        head.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "resume" and not (sweep_dir / MANIFEST).exists():
         print(f"error: nothing to resume in {sweep_dir}; use `run`", file=sys.stderr)
         return EXIT_USAGE
+    if args.ray_address is None and not args.no_dashboard:
+        return _run_as_job(args, sweep_dir, overrides, override_items)
+    if args.ray_address is not None:  # a driver job inherits the head's ignored SIGINT: Ray's
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # stop is a SIGINT
     summary = run_sweep(
         args.study,
         args.scale,
         sweep_dir,
+        ray_address=args.ray_address,
         dashboard=not args.no_dashboard,
         extend=args.extend,
         num_cpus=args.num_cpus,

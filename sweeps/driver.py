@@ -15,6 +15,17 @@ starts a sweep, resumes it after any interruption, and retries its failed points
     5. the summary from the records: counts by status, and each failed point with its reason.
        `exit_code(summary)` is 0 only when every point finished.
 
+Shared prefixes. A study may declare `SHARED_PREFIX`, the config fields (with their dotted keys)
+that only the later part of a trial reads (cloning: the clone's, `CLONE_FIELDS`): grid points
+equal in every other key share one prefix trial. The driver runs each prefix shared by two or
+more points once, as a point of its own (`prefix_point`: the point without those keys, with
+`part=base`; its own id and record under runs/), in a first Tuner, and then the points sharing it
+with `part=clone base_from=<the prefix's record>` (`run_points`); a point whose prefix did not
+finish is marked failed, naming the prefix and its reason, and runs again (after its prefix) at
+the next run. A prefix of one point is no saving: that point runs whole, as does a point whose
+record was started whole. `--only` runs the selected points and their prefixes; `reset` of a
+prefix point leaves the points built on it (the same computation) alone.
+
 Layout of a sweep directory:
     <sweep_dir>/sweep.json       study, scale, resolved space, point ids, MLflow experiment name,
                                  one entry per driver run (git SHA, host, pid, SLURM job)
@@ -127,10 +138,60 @@ def resolved_space(study: str, scale: str, overrides: Mapping[str, Any] | None =
     return space
 
 
+def prefix_point(module: ModuleType, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The prefix trial of a grid point (see the module docstring), or None when the study
+    declares no SHARED_PREFIX."""
+    later = getattr(module, "SHARED_PREFIX", ())
+    if not later:
+        return None
+    shared = {k: v for k, v in values.items() if k.partition(".")[0] not in later}
+    return {**shared, "part": schema.SHARED_BASE}
+
+
+def run_points(study: str, points: Mapping[str, dict], sweep_dir: str | Path) -> dict[str, dict]:
+    """The trials the driver runs for the grid `points` in `sweep_dir`, by id: each prefix shared
+    by two or more points (`prefix_point`), each point sharing one with `part=clone` and
+    `base_from` its prefix's record, every other point as planned (module docstring)."""
+    from sweeps.trainable import point_dir
+
+    module = load_study(study)
+    groups: dict[str, list[str]] = {}
+    prefixes: dict[str, dict] = {}
+    for point, values in points.items():
+        prefix = prefix_point(module, values)
+        if prefix is not None:
+            prefixes[point_id(prefix)] = prefix
+            groups.setdefault(point_id(prefix), []).append(point)
+    trials = dict(points)
+    for prefix, members in groups.items():
+        members = [p for p in members if not _started_whole(point_dir(sweep_dir, p))]
+        if len(groups[prefix]) < 2 or not members:
+            continue
+        trials[prefix] = prefixes[prefix]
+        record = str(point_dir(Path(sweep_dir).resolve(), prefix))
+        for point in members:
+            trials[point] = {**points[point], "part": "clone", "base_from": record}
+    return trials
+
+
+def _started_whole(run_dir: Path) -> bool:
+    """Whether a record exists that was started as a whole trial (no `part`, or part=all)."""
+    try:
+        return schema.read_config(run_dir)["config"].get("part", "all") == "all"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def point_configs(study: str, points: Mapping[str, dict]) -> dict[str, Any]:
     """Every point's config, built and validated (a bad value fails naming the key)."""
     module = load_study(study)
     return {p: _config_of(module, values) for p, values in points.items()}
+
+
+def trial_resources(module: ModuleType, scale: str, points: Mapping[str, dict]):
+    """Tune's resources per trial: the study's `resources(scale, point)` of the trial's grid
+    point (a study may size trials by architecture: sweeps/studies/continual.py)."""
+    return lambda config: module.resources(scale, points[config["point"]])
 
 
 def plan(
@@ -346,10 +407,14 @@ def run_sweep(
                 f"stale lock: {lock.stale} ended without releasing {lock.path}; taking over",
                 file=sys.stderr,
             )
-        manifest = open_manifest(sweep_dir, study, scale, space, points, extend)
+        trials = run_points(study, points, sweep_dir)
+        prefixes = set(trials) - set(points)
+        chosen |= {Path(trials[p]["base_from"]).name for p in chosen if "base_from" in trials[p]}
+        manifest = open_manifest(sweep_dir, study, scale, space, trials, extend)
         pending = [p for p in sorted(chosen) if not _finished(sweep_dir, p)]
         print(
             f"sweep {study} (scale {scale}) in {sweep_dir}: {len(points)} points"
+            + (f" and {len(prefixes)} shared prefixes" if prefixes else "")
             + (f", {len(chosen)} selected by --only" if only else "")
             + f", {len(chosen) - len(pending)} finished, {len(pending)} to run",
             flush=True,
@@ -364,10 +429,11 @@ def run_sweep(
             mirror.start()
         try:
             if pending:
+                first = {p: trials[p] for p in pending if p in prefixes}
                 errors = _fit(
                     module,
                     sweep_dir,
-                    {p: points[p] for p in pending},
+                    [first, {p: trials[p] for p in pending if p not in first}],
                     scale=scale,
                     axes=[k for k, v in space.items() if is_grid(v)],
                     run_number=len(manifest["runs"]),
@@ -380,13 +446,35 @@ def run_sweep(
         finally:
             if mirror is not None:
                 mirror.stop()
-        return summarize(sweep_dir, errors, points, chosen)
+        return summarize(sweep_dir, errors, trials, chosen)
+
+
+def _blocked(sweep_dir: Path, points: dict[str, dict], errors: dict[str, str]) -> dict[str, dict]:
+    """The `points` whose prefix (`base_from`) finished, or that have none; each other one is
+    marked failed (retryable), naming its prefix point, that point's status and reason."""
+    from core.run.record import RunRecord
+    from sweeps.trainable import point_dir
+
+    runnable = {}
+    for point, values in points.items():
+        prefix = values.get("base_from")
+        status = None if prefix is None else schema.read_status(prefix)
+        if prefix is None or (status is not None and status["status"] in schema.FINISHED):
+            runnable[point] = values
+            continue
+        name = Path(prefix).name
+        found = "no record" if status is None else status["status"]
+        why = (status or {}).get("reason") or errors.get(name, "it did not run")
+        RunRecord(point_dir(sweep_dir, point)).set_status(
+            "failed", f"its prefix point {name} did not finish ({found}): {why}", retryable=True
+        )
+    return runnable
 
 
 def _fit(
     module: ModuleType,
     sweep_dir: Path,
-    points: dict[str, dict],
+    stages: list[dict[str, dict]],
     *,
     scale: str,
     axes: list[str],
@@ -397,7 +485,8 @@ def _fit(
     num_cpus: int | None,
     report_interval_s: float,
 ) -> dict[str, str]:
-    """One Tuner over `points`; returns Tune's error text of each trial that ended in error."""
+    """One Tuner per stage of points (prefixes, then the points on them: `_blocked`), in one Ray
+    session; returns Tune's error text of each trial that ended in error."""
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # no CSV/JSON/TensorBoard per trial
     import ray
     from ray import tune
@@ -405,51 +494,64 @@ def _fit(
     from sweeps.local_ray import LocalRay
     from sweeps.trainable import named_trainable, run_trial
 
-    # resources first (on the function, read when Tune wraps it), the name last: the trial
-    # actors' class, and so their process title `ray::SweepTrial.train`, is the named one
-    trainable = named_trainable(
-        tune.with_resources(
-            tune.with_parameters(
-                run_trial,
-                study_module=module.__name__,
-                sweep_dir=str(sweep_dir),
-                points=points,
-                report_interval_s=report_interval_s,
-            ),
-            module.resources(scale),
-        ),
-        study=sweep_dir.name,
-        points=points,
-        axes=axes,
-    )
     head = None
     if ray_address is None:
         head = LocalRay(dashboard=dashboard, num_cpus=num_cpus).start()
         print(head.how_to_open(), flush=True)
     else:
         ray.init(address=ray_address, log_to_driver=False)
+    errors: dict[str, str] = {}
+    fits = 0  # Tuners run: the first is run-<n>, a later one run-<n>-<its number>
     try:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"point": tune.grid_search(sorted(points))},
-            # a fresh actor per trial: its name (set once, at creation) is its grid point's
-            tune_config=tune.TuneConfig(reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=f"run-{run_number}",
-                storage_path=str(sweep_dir / TUNE_DIR),
-                callbacks=[_attempt_journal(sweep_dir, sha)],
-                failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                verbose=1,
-            ),
-        )
-        # Tune's file loggers are off: its result table would warn that it finds no files.
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-        results = tuner.fit()
-        return {
-            r.config["point"]: f"{type(r.error).__name__}: {r.error}".splitlines()[0][:2000]
-            for r in results
-            if r.error is not None and r.config
-        }
+        for stage in stages:
+            points = _blocked(sweep_dir, stage, errors)
+            if not points:
+                continue
+            # resources first (on the function, read when Tune wraps it), the name last: the
+            # trial actors' class, and so their process title `ray::SweepTrial.train`, is the
+            # named one
+            trainable = named_trainable(
+                tune.with_resources(
+                    tune.with_parameters(
+                        run_trial,
+                        study_module=module.__name__,
+                        sweep_dir=str(sweep_dir),
+                        points=points,
+                        report_interval_s=report_interval_s,
+                    ),
+                    trial_resources(module, scale, points),
+                ),
+                study=sweep_dir.name,
+                points=points,
+                axes=axes,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                # in the grid's order: Tune starts trials in it, and a study lists its longest
+                # trials first (the bit-flip widths), so that they do not start last
+                param_space={"point": tune.grid_search(list(points))},
+                # a fresh actor per trial: its name (set once, at creation) is its grid point's
+                tune_config=tune.TuneConfig(reuse_actors=False),
+                run_config=tune.RunConfig(
+                    name=f"run-{run_number}" + (f"-{fits + 1}" if fits else ""),
+                    storage_path=str(sweep_dir / TUNE_DIR),
+                    callbacks=[_attempt_journal(sweep_dir, sha)],
+                    failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                    verbose=1,
+                ),
+            )
+            # Tune's file loggers are off: its result table would warn that it finds no files.
+            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+            results = tuner.fit()
+            fits += 1
+            errors.update(
+                {
+                    r.config["point"]: f"{type(r.error).__name__}: {r.error}".splitlines()[0][:2000]
+                    for r in results
+                    if r.error is not None and r.config
+                }
+            )
+        return errors
     finally:
         if head is not None:
             head.stop()

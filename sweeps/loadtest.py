@@ -111,5 +111,5 @@ def param_space(scale: str) -> dict:
     return {"seed": tune.grid_search(list(range(sizes[scale])))}
 
 
-def resources(scale: str) -> dict:
+def resources(scale: str, point: dict | None = None) -> dict:
     return {"cpu": 1}

@@ -13,8 +13,14 @@ browser. Ray's two Prometheus exporters (autoscaler, dashboard) serve metrics wi
 all interfaces on fixed ports 44217 and 44227 and Ray has no switch for them: they are given an
 invalid port, so they do not start (Ray logs the failed start), and metrics collection is off.
 
-Ports. The dashboard takes a free port (printed), every other port is Ray's random free one, so
-two local sweeps on one machine do not collide.
+Ports. The dashboard takes a free port (printed), every other port is Ray's random free one
+(the dashboard agent's too, whose job service runs the sweep's driver job: sweeps.ray_job), so two
+local sweeps on one machine do not collide.
+
+Signals. The head's processes ignore SIGINT: a Ctrl-C at the terminal reaches the whole
+foreground process group, and only the driver's follower should act on it (it stops the driver's
+Ray job through the dashboard). They get `sweeps.ray_job.JOB_ENV`: a stopped driver job gets
+SIGINT, Tune's graceful stop.
 
 Temp dirs. Each head gets a fresh `/tmp/lopray-<random>` (short: Unix socket paths are limited to
 107 bytes; fresh: a head killed without cleanup leaves state that breaks the next head using it),
@@ -24,15 +30,21 @@ whose owner process is gone (a driver that was killed), and says so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+from sweeps.ray_job import JOB_ENV
 
 TEMP_PREFIX = "lopray-"
 OWNER_FILE = "owner.json"
@@ -82,6 +94,44 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _agent_on_a_free_port() -> Iterator[None]:
+    """`ray.init` with the head's dashboard agent's HTTP server on a free port: Ray's default is
+    the fixed port 52365, which a second head on the machine cannot bind (its agent then serves no
+    HTTP, and no job can be submitted to it), and `ray.init` has no argument for it (`ray start`
+    has `--dashboard-agent-listen-port`). Port 0 is the agent's own free choice."""
+    from ray._private import parameter
+
+    original = parameter.RayParams
+
+    class RayParams(original):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.dashboard_agent_listen_port = 0
+
+    parameter.RayParams = RayParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while it starts the head: the head's processes inherit
+    that, so that a Ctrl-C at the terminal (SIGINT to the whole foreground process group) reaches
+    the driver only, which then stops the sweep's job through the dashboard (whose job service,
+    a child process that restores Python's SIGINT handler, would otherwise die of the Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LocalRay:
     """See the module docstring."""
 
@@ -90,6 +140,7 @@ class LocalRay:
         self.num_cpus = num_cpus
         self.temp_dir: Path | None = None
         self.dashboard_url: str | None = None
+        self.address: str | None = None  # the GCS, host:port (what a driver connects to)
 
     @property
     def token_file(self) -> Path:
@@ -122,20 +173,23 @@ class LocalRay:
             RAY_USAGE_STATS_ENABLED="0",
             AUTOSCALER_METRIC_PORT=NO_PORT,
             DASHBOARD_METRIC_PORT=NO_PORT,
+            **JOB_ENV,
         )
         try:
-            context = ray.init(
-                num_cpus=self.num_cpus,
-                include_dashboard=self.dashboard,
-                dashboard_host="127.0.0.1",
-                dashboard_port=free_port() if self.dashboard else None,
-                _temp_dir=str(self.temp_dir),
-                _system_config={"enable_metrics_collection": False},
-                log_to_driver=False,
-            )
+            with _agent_on_a_free_port(), _sigint_ignored():
+                context = ray.init(
+                    num_cpus=self.num_cpus,
+                    include_dashboard=self.dashboard,
+                    dashboard_host="127.0.0.1",
+                    dashboard_port=free_port() if self.dashboard else None,
+                    _temp_dir=str(self.temp_dir),
+                    _system_config={"enable_metrics_collection": False},
+                    log_to_driver=False,
+                )
         except BaseException:
             self.stop()
             raise
+        self.address = context.address_info["gcs_address"]
         if self.dashboard and context.dashboard_url:
             self.dashboard_url = f"http://{context.dashboard_url}"
         return self

@@ -14,7 +14,7 @@ from core.diagnose.diagnosis import (
     StabilityDiagnosis,
     diagnose,
 )
-from core.diagnose.partition import clone_blocks, default_tolerance
+from core.metrics.partition import clone_blocks, default_tolerance
 
 __all__ = [
     "Diagnosis",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.diagnose.diagnosis import MODES, diagnose
+from core.run.cli import user_error
 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             mode=args.mode,
         )
     except (KeyError, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        user_error(parser.prog, err)
     text = report.to_markdown()
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 One forward and one backward on a batch give, per layer (`core.metrics.select_layers`):
 frozen units (|phi'| < eps on the inputs), dead units (output 0 on every row) and the clone blocks
-discovered from forward values and back-propagated errors (`core.diagnose.partition`). The
+discovered from forward values and back-propagated errors (`core.metrics.partition`). The
 partitions of every parameter's input and output units define the clone structure of the whole
 model (`core.theory.CloneStructure`): the distance of the weights to its block-constant manifold,
 whether they are row/column-equitable (Theorem 2.1's manifold), its dimension against the parameter
@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from core.diagnose.capture import Capture, capture
-from core.diagnose.partition import (
+from core.metrics.partition import (
+    FROZEN_EPS,
+    activation_slopes,
     block_ids,
     clone_blocks,
     dead_units,
@@ -227,14 +229,6 @@ def _heads_view(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(rows, heads, width // heads).permute(0, 2, 1).reshape(-1, heads)
 
 
-def _slopes(module: nn.Module, pre: torch.Tensor) -> torch.Tensor:
-    """phi'(pre) elementwise for an elementwise activation module, by autograd."""
-    x = pre.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(module(x).sum(), x)
-    return grad
-
-
 def _structure(
     model: nn.Module, cap: Capture, tol: float, site_blocks: dict[tuple[str, str], list[list[int]]]
 ) -> CloneStructure:
@@ -313,7 +307,7 @@ def diagnose(
     layers: Sequence[str | type[nn.Module]] | None = None,
     *,
     tolerance: float | None = None,
-    frozen_eps: float = 1e-4,
+    frozen_eps: float = FROZEN_EPS,
     frozen_fraction: float = 1.0,
     stability: bool = True,
     lanczos_steps: int = 30,
@@ -332,7 +326,7 @@ def diagnose(
     and ViT), plus `<path>.heads` for attention modules whose heads feed a `proj`/`out_proj`
     Linear. `tolerance`: relative
     tolerance of the clone test and of the manifold state (default sqrt(eps) of the inputs'
-    dtype; see `core.diagnose.partition`). A unit of an activation layer is frozen when
+    dtype; see `core.metrics.partition`). A unit of an activation layer is frozen when
     |phi'(pre)| < `frozen_eps` on at least `frozen_fraction` of the rows. `stability`: Lanczos
     (`lanczos_steps`) on the reduced normal Hessian, on a `stability_dtype` copy (None: as is);
     `escape_steps` > 0 also measures the escape along the softest direction at step `lr`.
@@ -379,7 +373,7 @@ def diagnose(
         is_activation = kind == "output" and isinstance(module, ACTIVATION_TYPES)
         frozen: list[int] = []
         if is_activation and (path, "input") in cap.sites:
-            slopes = _slopes(module, cap.sites[(path, "input")].matrix())
+            slopes = activation_slopes(module, cap.sites[(path, "input")].matrix())
             frozen = frozen_units(slopes, frozen_eps, frozen_fraction)
         reports[name] = LayerDiagnosis(
             name=name,

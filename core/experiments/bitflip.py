@@ -14,12 +14,14 @@ shared by the members, with the same meaning as in the image experiments. One tr
     python -m core.experiments.bitflip method=sgd,cbp lr=0.01,0.001 seed=0,1,2,3 width=10
     python -m core.experiments.bitflip --help                 # every key, its default and doc
 
-docs/bitflip.md maps each of Dohare et al.'s configs to its command. Cost (2-core CPU,
-256-member ensemble, benchmarks/bench_bitflip.py): a 5M-step member costs about 1.4 s with SGD
-and 3.3 s with CBP, plus the probe (~1 ms per member and measurement); one plain eager run takes
-20-35 minutes. Expected result (defaults, 5 seeds, 200k steps): SGD's mean online error over the
-first 50k steps ~0.4 (docs/bitflip.md), then (paper Fig. B.1) the binned loss rises again as
-plasticity is lost; after the switch CBP brings it back down. `steps=20000 bin_size=1000` is the
+docs/bitflip.md maps each of Dohare et al.'s configs to its command. Cost (2-core CPU, one
+thread, 210-member ensemble with `engine=native`, the compiled loop of
+`core.experiments.bitflip_native`; benchmarks/bench_bitflip.py --costs): a 5M-step member costs
+about 2 s (width 5) to 5 s (width 100) including a probe every 50,000 steps; the probe costs
+~1-4 ms per member and measurement; one plain eager run takes 20-35 minutes. Expected result
+(defaults, 5 seeds, 200k steps): SGD's mean online error over the first 50k steps ~0.4
+(docs/bitflip.md), then (paper Fig. B.1) the binned loss rises again as plasticity is lost; after
+the switch CBP brings it back down. `steps=20000 bin_size=1000` is the
 tiny smoke budget.
 
 Record: the trial's record (the sink) holds the trial config, status, checkpoints and, per bin, the
@@ -31,7 +33,8 @@ runs. Logged per member every `bin_size` steps: `loss` (the mean prequential squ
 the bin) and, for CBP members, `hidden/cbp_replaced` (units replaced in the bin); every
 `metrics_every` steps, split `probe`: the `core.metrics` probe (preset `probe.preset`) on the
 member's fixed held-out probe set: `loss` (squared error against the target there) and
-`hidden/<metric>` on the post-activations.
+`hidden/<metric>` on the post-activations (`probe.diagnose=true`, off by default, adds the
+hidden layer's clone partition and frozen units: `hidden/cloned_fraction` etc., docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from core.data.bitflip import FLIPS, THRESHOLDS, BitFlipProblem, BitFlipStream
 from core.experiments.bitflip_engines import (
     ENGINE_ACTIVATIONS,
     METHODS,
+    NATIVE_METHODS,
     BitFlipEnsemble,
     EagerBitFlip,
     LearnerSettings,
@@ -65,7 +69,7 @@ from core.run.record import RunRecord, load_metrics
 from core.run.seeds import seed_for
 from core.run.specs import CBPSpec, OptimizerSpec, ReDoSpec, ShrinkPerturbSpec
 
-ENGINES = ("batched", "eager")
+ENGINES = ("batched", "native", "eager")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EXPERIMENT = "bitflip"
 
@@ -110,7 +114,7 @@ class Config:
     probe: ProbeSpec = field(default_factory=ProbeSpec)  # core.metrics preset (probe.preset=..)
     checkpoint_every: int = 100_000  # steps between checkpoints (a multiple of bin_size)
     divergence_ceiling: float | None = DIVERGENCE_CEILING  # diverged: loss > this x bin 1's, or NaN
-    engine: str = "batched"  # batched (the ensemble) | eager (one member, nn.Module + autograd)
+    engine: str = "batched"  # batched (the ensemble) | native (its compiled loop) | eager (1 run)
     dtype: str = "float32"  # float32 | float64
 
     def __post_init__(self) -> None:
@@ -159,7 +163,28 @@ class Config:
             )
         if self.engine == "eager" and len(self.members()) != 1:
             raise ValueError("engine=eager runs one member: give one method, one lr, one seed")
+        if self.engine == "native":
+            self._check_native()
         self.problem()  # validates the problem's fields
+
+    def _check_native(self) -> None:
+        """engine=native runs relu learners with plain SGD and CBP (`bitflip_native`)."""
+        unsupported = [m for m in self.method if m not in NATIVE_METHODS]
+        if unsupported:
+            raise ValueError(
+                f"engine=native: method={unsupported[0]}; valid: {', '.join(NATIVE_METHODS)} "
+                "(engine=batched runs every method)"
+            )
+        if self.width == 0 or self.activation != "relu":
+            raise ValueError(
+                f"engine=native runs width >= 1 with activation=relu; got width={self.width}, "
+                f"activation={self.activation} (engine=batched runs every learner)"
+            )
+        if self.optimizer.weight_decay or self.shrink_perturb.enabled:
+            raise ValueError(
+                "engine=native runs plain SGD: optimizer.weight_decay=0 and shrink_perturb "
+                "disabled (engine=batched runs both)"
+            )
 
     def problem(self) -> BitFlipProblem:
         return BitFlipProblem(
@@ -210,7 +235,7 @@ def build(cfg: Config) -> tuple[BitFlipStream, BitFlipEnsemble | EagerBitFlip]:
     )
     if cfg.engine == "eager":
         return stream, EagerBitFlip(cfg.settings(), members[0])
-    return stream, BitFlipEnsemble(cfg.settings(), members)
+    return stream, BitFlipEnsemble(cfg.settings(), members, native=cfg.engine == "native")
 
 
 def train(

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.experiments import bitflip_native
 from core.models import ModelConfig, activation_gain, build_model
 from core.models.blocks import LEAKY_RELU_SLOPE
 from core.optim import (
@@ -57,6 +58,8 @@ METHODS: dict[str, tuple[str, str | None]] = {
     "adam_cbp": ("adam", "start"),
     "sgd_then_cbp": ("sgd", "switch"),
 }
+# the methods `engine=native` runs (plain SGD, with CBP from step 0 or from switch_step)
+NATIVE_METHODS = ("sgd", "cbp", "sgd_then_cbp")
 # the random streams of a member (core.run.seeds.seed_for purposes)
 PURPOSES = ("data", "probe", "probe_sample", "init", "noise", "cbp", "shrink_perturb")
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -242,6 +245,12 @@ class _Group:
                 )
 
     # --- one step ------------------------------------------------------------------------------
+
+    def train_steps(self, start: int, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
+        """Steps start .. start + L - 1 on x (L, n, d), y (L, n); losses written to out (L, n)."""
+        xs, ys, out3 = x[..., None], y[..., None, None], out[..., None, None]
+        for i in range(len(xs)):
+            self.step(start + i, xs[i], ys[i], out3[i])
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor, loss_out: torch.Tensor) -> None:
         """x (n, d, 1), y (n, 1, 1), loss_out (n, 1, 1); in-place update of every member."""
@@ -445,14 +454,71 @@ class _Group:
             self.cbp.load_state_dict(state["cbp"])
 
 
-class BitFlipEnsemble:
-    """M members (any mix of METHODS, learning rates and seeds) of one width, stacked by method."""
+class _NativeGroup(_Group):
+    """All members of an `engine=native` trial (methods in NATIVE_METHODS) as one group, their
+    chunk of steps run by the compiled loop (`core.experiments.bitflip_native`): plain SGD, and
+    CBP from each member's own first CBP step (`CBPState` on (n, width) for every member; the
+    members without CBP never touch theirs). fc1's weight is stored (n, d, h), the loop's layout;
+    `w1` is its (n, h, d) view."""
 
     def __init__(self, settings: LearnerSettings, members: list[Member]) -> None:
+        super().__init__(settings, "sgd", members)
+        self.w1t = self.w1.transpose(1, 2).contiguous()  # (n, d, h)
+        self.w1 = self.params[0] = self.w1t.transpose(1, 2)
+        starts = [settings.cbp_start(m.method) for m in members]
+        self.starts = torch.tensor([-1 if s is None else s for s in starts], dtype=torch.int64)
+        self.cbp = settings.cbp_state(self.n)
+        self.neg2lr = (2.0 * self.neg_lr).reshape(self.n).contiguous()  # as err * (2 * -lr)
+
+    def begin_chunk(self, start: int, n: int) -> None:
+        """Each CBP member's draws of its CBP steps in this chunk, as a single run draws them."""
+        s = self.settings
+        per_step = self.cbp.draws_per_step(s.input_dim)
+        if self._draws is None or len(self._draws) != n:  # kept: read only from CBP's start
+            self._draws = torch.empty(n, self.n, per_step, dtype=s.dtype)
+        for k, (g, first) in enumerate(zip(self.cbp_generators, self.starts.tolist())):
+            active = 0 if first < 0 else max(0, start + n - max(start, first))
+            if active:
+                self._draws[n - active :, k] = torch.rand(
+                    active, per_step, generator=g, dtype=s.dtype
+                )
+
+    def train_steps(self, start: int, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
+        bitflip_native.run_steps(
+            start,
+            x,
+            y,
+            out,
+            self.w1t,
+            self.b1,
+            self.w2,
+            self.b2,
+            self.neg2lr,
+            self.starts,
+            self._draws,
+            self.cbp,
+            self.settings.cbp.bias_correction,
+            self.bound,
+        )
+
+    def replacements(self) -> torch.Tensor:
+        return self.cbp.replaced.long()
+
+
+class BitFlipEnsemble:
+    """M members (any mix of METHODS, learning rates and seeds) of one width, stacked by method;
+    with `native`, all members (NATIVE_METHODS) in one group run by the compiled loop."""
+
+    def __init__(
+        self, settings: LearnerSettings, members: list[Member], native: bool = False
+    ) -> None:
         self.members = members
         self.groups: list[_Group] = []
         self.index: list[torch.Tensor] = []  # member positions of each group
-        for method in METHODS:
+        if native:
+            self.groups.append(_NativeGroup(settings, members))
+            self.index.append(torch.arange(len(members)))
+        for method in METHODS if not native else ():
             ks = [k for k, m in enumerate(members) if m.method == method]
             if ks:
                 self.groups.append(_Group(settings, method, [members[k] for k in ks]))
@@ -477,11 +543,7 @@ class BitFlipEnsemble:
                 xs, ys, out = x, y, losses
             else:
                 xs, ys, out = x[:, ks], y[:, ks], torch.empty(len(x), group.n, dtype=losses.dtype)
-            xs = xs[..., None]  # (L, n, d, 1)
-            ys = ys[..., None, None]  # (L, n, 1, 1)
-            out3 = out[..., None, None]
-            for i in range(len(xs)):
-                group.step(start + i, xs[i], ys[i], out3[i])
+            group.train_steps(start, xs, ys, out)
             if not self._single:
                 losses[:, ks] = out
 

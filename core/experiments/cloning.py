@@ -38,15 +38,35 @@ Checkpoint state: "model_config" and "model" are the clone's (the base's before 
 the batch order.
 
 Random streams (`core.run.seeds.seed_for(seed, purpose, ...)`): "init", "order", "augment",
-"noise", "cbp", "redo", "shrink_perturb" (index 1 for the clone's), "dropout" (torch's global
-RNG) and "probe" (the probe batches, never shared with the training streams).
+"noise", "cbp", "redo", "shrink_perturb", "dropout" (index 0 for the base's, 1 for the clone's;
+dropout draws from torch's global RNG, swapped to the model's own state around its forward:
+`DropoutStream`) and "probe" (the probe batches, never shared with the training streams). No
+stream is shared by the two models, so each model's computation is the same in one run or split.
+
+Split (`part`, `base_from`): the base's whole trajectory depends on every config field but the
+clone's (`CLONE_FIELDS`), so runs that differ only there can share one base.
+  part=all    (default) base and clone in one run, as above
+  part=base   the base alone, both phases (base_epochs + clone_epochs), its rows and status as a
+              part=all run would write them for the base, and under `base_states/` the base's
+              state at the expansion (with the batch order and augmentation streams) and at each
+              later clone check (`core.run.schema.base_state_path`)
+  part=clone  with base_from=<a finished part=base record>: the clone alone, from the base's
+              expansion state; the base-vs-clone checks against the base's saved states; the
+              base's rows copied in, so that its record equals the part=all run's (rows, status,
+              summary). A base_from run with another base config (any field but CLONE_FIELDS,
+              part, base_from) is refused, naming the fields, before any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -58,12 +78,15 @@ from core.data import BatchOrder, load_images, stratified_indices
 from core.experiments.classification import classification_probe, evaluate, masked_loss
 from core.experiments.image_config import ImageConfig
 from core.models import ModelConfig, build_model
-from core.run import build, cli, lifecycle
-from core.run.record import RunRecord
+from core.run import build, cli, lifecycle, precision, schema
+from core.run.record import RunRecord, jsonable, load_metrics
 from core.run.seeds import seed_for
 from core.run.specs import OptimizerSpec
 
 MODELS = ("base", "clone")  # index i: the model's streams are seed_for(seed, purpose, i)
+PARTS = ("all", schema.SHARED_BASE, "clone")
+CLONE_FIELDS = ("clone_optimizer", "clone_dropout", "lr_multipliers", "factor")  # clone's only
+SPLIT_FIELDS = schema.SPLIT_KEYS
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,8 @@ class Config(ImageConfig):
     factor: int = 2  # width expansion factor
     base_epochs: int = 20  # phase 1: base alone
     clone_epochs: int = 500  # phase 2: base and clone side by side
+    part: str = "all"  # all: base and clone; base: the base alone; clone: the clone from base_from
+    base_from: str | None = None  # part=clone: the record dir of the part=base run to start from
 
     positive_fields: ClassVar[tuple[str, ...]] = (*ImageConfig.positive_fields, "clone_epochs")
 
@@ -88,6 +113,129 @@ class Config(ImageConfig):
         super().__post_init__()
         if self.factor < 2 or self.base_epochs < 0:
             raise ValueError("factor must be >= 2 and base_epochs >= 0")
+        if self.part not in PARTS:
+            raise ValueError(f"part={self.part!r}; valid: {', '.join(PARTS)}")
+        if (self.part == "clone") != (self.base_from is not None):
+            raise ValueError(
+                "base_from (the record dir of a part=base run) goes with part=clone, and only "
+                f"with it (got part={self.part}, base_from={self.base_from})"
+            )
+
+
+def base_keys(cfg: Config) -> dict[str, Any]:
+    """The config fields the base's trajectory depends on (all but CLONE_FIELDS, SPLIT_FIELDS),
+    as config.json holds them."""
+    skip = (*CLONE_FIELDS, *SPLIT_FIELDS)
+    return {k: v for k, v in json.loads(json.dumps(jsonable(cfg))).items() if k not in skip}
+
+
+def _save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class BaseRun:
+    """The finished part=base record a part=clone run starts from: its status and its rows by
+    step, as [(split, {key: value})]."""
+
+    run_dir: Path
+    status: dict[str, Any]
+    rows: dict[int, list[tuple[str, dict[str, float]]]]
+
+    def state(self, step: int) -> dict[str, Any]:
+        path = schema.base_state_path(self.run_dir, step)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def summary_at(self, step: int) -> dict[str, float]:
+        """The base's summary entries at the log point `step` (from its rows, or from its status
+        when it diverged there: a diverging interval logs no rows)."""
+        values = {split: v for split, v in self.rows.get(step, ()) if "acc" in v}
+        if "base_test" in values:
+            return {
+                "base_test_acc": values["base_test"]["acc"],
+                "base_train_loss": values["base_train"]["loss"],
+            }
+        if self.status["status"] != "diverged" or self.status["step"] > step:
+            return {}
+        summary = self.status["summary"]
+        return {k: summary[k] for k in ("base_test_acc", "base_train_loss") if k in summary}
+
+
+def open_base(cfg: Config) -> BaseRun:
+    """The base record of a part=clone run, checked: a finished part=base cloning run whose
+    config equals `cfg` in every base key (ValueError naming what differs)."""
+    run_dir = Path(cfg.base_from)
+    try:
+        document = schema.read_config(run_dir)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"base_from={run_dir}: no readable run record there ({err})") from None
+    theirs = document["config"]
+    if document.get("experiment") != "cloning" or theirs.get("part") != schema.SHARED_BASE:
+        raise ValueError(
+            f"base_from={run_dir} is no part=base cloning run (experiment "
+            f"{document.get('experiment')}, part {theirs.get('part')})"
+        )
+    ours = base_keys(cfg)
+    theirs = {k: v for k, v in theirs.items() if k not in (*CLONE_FIELDS, *SPLIT_FIELDS)}
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        diff = "; ".join(f"{k}: {theirs.get(k)} there, {ours.get(k)} here" for k in differ)
+        raise ValueError(f"base_from={run_dir} ran another base ({diff})")
+    status = schema.read_status(run_dir)
+    if status is None or status["status"] not in schema.FINISHED:
+        found = None if status is None else status["status"]
+        raise ValueError(f"base_from={run_dir} is not finished (status {found}): run it first")
+    rows: dict[int, list[tuple[str, dict[str, float]]]] = {}
+    frame = load_metrics(run_dir)
+    for (step, split), group in frame.groupby(["step", "split"], sort=True):
+        keys = [f"{la}/{m}" if la else m for la, m in zip(group["layer"], group["metric"])]
+        rows.setdefault(int(step), []).append((split, dict(zip(keys, group["value"]))))
+    return BaseRun(run_dir, status, rows)
+
+
+class DropoutStream:
+    """One model's dropout masks: torch's global RNG (which `nn.Dropout` and attention dropout
+    draw from) set to this model's own state, seeded `seed_for(seed, "dropout", index)`, for the
+    model's forward passes (`drawing`) and put back after, so that no two models share a stream."""
+
+    def __init__(self, seed: int, index: int, device: torch.device) -> None:
+        self.device = device
+        outer = self._get()
+        torch.default_generator.manual_seed(seed_for(seed, "dropout", index))
+        if device.type == "cuda":
+            torch.cuda.default_generators[_cuda_index(device)].manual_seed(
+                seed_for(seed, "dropout", index)
+            )
+        self.state = self._get()
+        self._set(outer)
+
+    def _get(self) -> list[torch.Tensor]:
+        states = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.device))
+        return states
+
+    def _set(self, states: list[torch.Tensor]) -> None:
+        torch.set_rng_state(states[0])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(states[1], self.device)
+
+    @contextmanager
+    def drawing(self) -> Iterator[None]:
+        outer = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(outer)
+
+
+def _cuda_index(device: torch.device) -> int:
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 @dataclass
@@ -98,24 +246,29 @@ class Learner:
     optimizer: torch.optim.Optimizer
     interventions: build.Interventions
     stats: lifecycle.RunningStats
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the training forward (core.run.precision)
+    dropout: DropoutStream
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "interventions": self.interventions.state_dict(),
             "stats": self.stats.state_dict(),
+            "dropout": self.dropout.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.interventions.load_state_dict(state["interventions"])
         self.stats.load_state_dict(state["stats"])
+        self.dropout.state = list(state["dropout"])
 
 
 def learner(cfg: Config, model: nn.Module, name: str, streams: dict) -> Learner:
     """The Learner of `model` (the base or the clone) with its optimizer and interventions."""
     device = next(model.parameters()).device
     index = MODELS.index(name)
+    forward = precision.training_forward(model, cfg.precision, device)
     if name == "base":
         spec, params = cfg.optimizer, model.parameters()
     else:
@@ -129,6 +282,8 @@ def learner(cfg: Config, model: nn.Module, name: str, streams: dict) -> Learner:
             cfg, model, optimizer, build.intervention_streams(cfg.seed, device, index)
         ),
         lifecycle.RunningStats(device, cfg.divergence_ceiling),
+        forward,
+        DropoutStream(cfg.seed, index, device),
     )
 
 
@@ -166,25 +321,28 @@ class CloningState:
 
     cfg: Config
     step: int
-    base: Learner
-    clone: Learner | None  # None before the expansion
+    base: Learner | None  # None in a part=clone run
+    clone: Learner | None  # None before the expansion, and in a part=base run
     streams: dict[str, torch.Generator]  # order, augment, base_noise, clone_noise
     order: BatchOrder
     summary: dict[str, Any]
 
     def learners(self) -> dict[str, Learner]:
-        return (
-            {"base": self.base} if self.clone is None else {"base": self.base, "clone": self.clone}
-        )
+        """The models this run trains now, base first."""
+        both = {"base": self.base, "clone": self.clone}
+        return {name: x for name, x in both.items() if x is not None}
 
     def state_dict(self) -> dict[str, Any]:
         current = (self.clone or self.base).model
+        base = {} if self.base is None else {
+            "base_config": self.base.model.cfg.to_dict(),
+            "base": self.base.model.state_dict(),
+        }  # fmt: skip
         return {
             "step": self.step,
             "model_config": current.cfg.to_dict(),
             "model": current.state_dict(),
-            "base_config": self.base.model.cfg.to_dict(),
-            "base": self.base.model.state_dict(),
+            **base,
             "learners": {name: x.state_dict() for name, x in self.learners().items()},
             "random": lifecycle.random_state(self.streams),
             "order": self.order.state_dict(),
@@ -193,12 +351,13 @@ class CloningState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         cfg, self.step = self.cfg, state["step"]
-        self.base.model.load_state_dict(state["base"])
+        if self.base is not None:
+            self.base.model.load_state_dict(state["base"])
         if "clone" in state["learners"]:
             clone_cfg = ModelConfig(**state["model_config"])
             clone = build_model(clone_cfg, seed=seed_for(cfg.seed, "init", 1))
             clone.load_state_dict(state["model"])
-            device = next(self.base.model.parameters()).device
+            device = lifecycle.resolve_device(cfg.device)
             self.clone = learner(cfg, clone.to(device).train(), "clone", self.streams)
         for name, x in self.learners().items():
             x.load_state_dict(state["learners"][name])
@@ -209,10 +368,12 @@ class CloningState:
 
 def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
     """Run (or resume, from `sink`'s last checkpoint) the cloning experiment."""
-    return lifecycle.run_recorded(_train, cfg, sink, progress)
+    with precision.precision_scope(cfg.precision, lifecycle.resolve_device(cfg.device)):
+        return lifecycle.run_recorded(_train, cfg, sink, progress)
 
 
 def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
+    base_run = open_base(cfg) if cfg.part == "clone" else None  # checked before any work
     device = lifecycle.resolve_device(cfg.device)
     data = load_images(cfg.dataset, cfg.data_root, cfg.download, cfg.synthetic, device)
     base_cfg = cfg.model.model_config(data.shape, data.num_classes)
@@ -225,11 +386,11 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
         streams[f"{name}_noise"] = torch.Generator(device).manual_seed(
             seed_for(cfg.seed, "noise", i)
         )
-    lifecycle.seed_dropout(cfg.seed)
     order = BatchOrder(
         torch.arange(len(data.train_y), device=device), cfg.batch_size, streams["order"]
     )
-    state = CloningState(cfg, 0, learner(cfg, base, "base", streams), None, streams, order, {})
+    trained_base = None if base_run is not None else learner(cfg, base, "base", streams)
+    state = CloningState(cfg, 0, trained_base, None, streams, order, {})
 
     epoch = order.steps_per_epoch
     expand_step = cfg.base_epochs * epoch
@@ -250,17 +411,50 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
             out[f"{name}_{split}"] = classification_probe(model, x, y, cfg.probe, rows)
         return out
 
+    def base_at(step: int) -> nn.Module:
+        """The base after `step` steps (a part=clone run reads it from its base's record)."""
+        if base_run is not None:
+            base.load_state_dict(base_run.state(step)["base"])
+        return base
+
     def expansion() -> list[tuple[str, dict[str, float]]]:
-        """Create the clone; the rows logged at the expansion."""
-        state.clone = learner(cfg, clone_of(base, cfg).train(), "clone", streams)
+        """Create the clone (part=base: save what the clone runs start from); the rows logged at
+        the expansion."""
+        if cfg.part == "base":
+            start = {k: streams[k].get_state() for k in ("order", "augment")}
+            start = {"base": base.state_dict(), "order": order.state_dict(), "streams": start}
+            _save(schema.base_state_path(sink.run_dir, expand_step), start)
+            return []
+        source = base_at(expand_step)
+        state.clone = learner(cfg, clone_of(source, cfg).train(), "clone", streams)
         probes.update(probes_of("clone", state.clone.model))
-        checks = clone_checks(base, state.clone.model, *probe_data["train"])
+        checks = clone_checks(source, state.clone.model, *probe_data["train"])
         rows = [(split, probes[split]()) for split in ("clone_train", "clone_test")]
         return [*rows, ("clone_train", checks)]
 
-    probes = probes_of("base", base)
+    probes = {} if base_run is not None else probes_of("base", base)
     saved = sink.load_checkpoint()
-    if saved is None:
+    if saved is None and base_run is not None:  # the clone from its base's expansion
+        info = base_run.status
+        if info["status"] == "diverged" and info["step"] <= expand_step:  # never expanded
+            for step in sorted(base_run.rows):
+                for split, values in base_run.rows[step]:
+                    sink.log(step, values, split=split)
+            extra = {"step": info["step"], "summary": info["summary"]}
+            sink.finish("diverged", info["reason"], keep_final_checkpoint=False, **extra)
+            return info["summary"]
+        start = base_run.state(expand_step)
+        order.load_state_dict(start["order"])
+        for name, stream_state in start["streams"].items():
+            streams[name].set_state(stream_state)
+        state.step = expand_step
+        state.summary.update(base_run.summary_at(expand_step))
+        for step in sorted(s for s in base_run.rows if s <= expand_step):
+            for split, values in base_run.rows[step]:
+                sink.log(step, values, split=split)
+        for split, values in expansion():
+            sink.log(expand_step, values, split=split)
+    elif saved is None:
         rows = [(split, probe()) for split, probe in probes.items()]
         if expand_step == 0:
             rows += expansion()
@@ -283,7 +477,8 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
         y = data.train_y[idx]
         state.step += 1
         for trained in state.learners().values():
-            loss, correct, _ = masked_loss(trained.model(x), y, None, None)
+            with trained.dropout.drawing():
+                loss, correct, _ = masked_loss(trained.forward(x), y, None, None)
             trained.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             trained.optimizer.step()
@@ -296,6 +491,13 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
         if since % log_every and not phase_end:
             continue
         rows, divergence = [], None
+        if base_run is not None:  # the base's rows of this log point, or its divergence
+            info = base_run.status
+            if info["status"] == "diverged" and info["step"] <= step:
+                divergence = lifecycle.Divergence(info["step"], info["reason"])
+                state.summary["diverged_model"] = "base"
+            rows += base_run.rows.get(step, [])
+            state.summary.update(base_run.summary_at(step))
         for name, trained in state.learners().items():
             train, diverged = trained.stats.read()
             trained.stats.reset()
@@ -312,8 +514,10 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
             state.summary[f"{name}_train_loss"] = train["loss"]
         if divergence is None and (since % probe_every == 0 or phase_end):
             rows += [(split, probe()) for split, probe in probes.items()]
+            if cfg.part == "base" and step > expand_step:  # for the clone runs' checks
+                _save(schema.base_state_path(sink.run_dir, step), {"base": base.state_dict()})
             if state.clone is not None and step > expand_step:
-                checks = clone_checks(base, state.clone.model, *probe_data["train"])
+                checks = clone_checks(base_at(step), state.clone.model, *probe_data["train"])
                 rows.append(("clone_train", checks))
                 state.summary["manifold_distance"] = checks["manifold_distance"]
                 state.summary["r2_mean"] = checks["r2_mean"]

@@ -29,6 +29,9 @@ Rows (split, metric), at step s = optimizer steps done:
 Random streams (`core.run.seeds.seed_for(seed, purpose, ...)`): "tasks" (the class order), "init",
 "order", "augment", "noise" (noisy SGD), "cbp", "redo", "shrink_perturb", "dropout" (torch's global
 RNG), and "probe" per task and split (the probe batches never share the training streams).
+
+`pack=N` trains seeds seed .. seed+N-1 as one packed ensemble, each member its single run
+(`core.experiments.continual_packed`; docs/experiments.md, "Packed runs").
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ from core.experiments.classification import (
 )
 from core.experiments.image_config import Dataset, ImageConfig
 from core.models import build_model
-from core.run import build, cli, lifecycle
+from core.models.packed import PACKABLE_ARCHS
+from core.run import build, cli, lifecycle, precision
 from core.run.record import RunRecord
 from core.run.seeds import seed_for
 from core.run.specs import OptimizerSpec
@@ -81,12 +85,35 @@ class Config(ImageConfig):
     task_unit: Literal["epochs", "steps"] = "epochs"  # reference code: epochs; paper: steps
     reset_head: bool = True  # zero the head's weights and bias at every task start
     reset_head_optimizer: bool = True  # also drop the head's optimizer state (false: reference)
+    pack: int = 1  # >1: seeds seed .. seed+pack-1 as one packed ensemble (mlp, cnn; sgd, adam)
 
     positive_fields: ClassVar[tuple[str, ...]] = (
         *ImageConfig.positive_fields,
         "task_length",
         "classes_per_task",
+        "pack",
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pack == 1:
+            return
+        refused = {
+            "model.arch": (self.model.arch, PACKABLE_ARCHS),
+            "optimizer.name": (self.optimizer.name, ("sgd", "adam")),
+            "cbp.enabled": (self.cbp.enabled, (False,)),
+            "redo.enabled": (self.redo.enabled, (False,)),
+            "shrink_perturb.enabled": (self.shrink_perturb.enabled, (False,)),
+            "precision.autocast": (self.precision.autocast, ("none",)),
+            "precision.channels_last": (self.precision.channels_last, (False,)),
+            "precision.compile": (self.precision.compile, (False,)),
+        }
+        for key, (value, valid) in refused.items():
+            if value not in valid:
+                raise ValueError(
+                    f"pack={self.pack}: {key}={value!r} is not supported in a packed run yet; "
+                    f"valid: {', '.join(map(str, valid))} (or pack=1)"
+                )
 
 
 @dataclass(frozen=True)
@@ -198,21 +225,34 @@ class ContinualState:
 
 def begin_task(state: ContinualState, cfg: Config, task: Task) -> None:
     """Reset the head (and its optimizer state) for `task` and start its batch order."""
-    head = list(state.model.head.parameters())
+    reset_head(cfg, state.model, state.optimizer)
+    state.task = task.index
+    state.order = BatchOrder(task.train_idx, cfg.batch_size, state.streams["order"])
+
+
+def reset_head(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Zero `model.head`'s weights and bias (`reset_head`) and drop their optimizer state
+    (`reset_head_optimizer`)."""
+    head = list(model.head.parameters())
     if cfg.reset_head:
         with torch.no_grad():
             for p in head:
                 p.zero_()
     if cfg.reset_head_optimizer:
         for p in head:
-            state.optimizer.state.pop(p, None)
-    state.task = task.index
-    state.order = BatchOrder(task.train_idx, cfg.batch_size, state.streams["order"])
+            optimizer.state.pop(p, None)
 
 
 def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
-    """Run (or resume, from `sink`'s last checkpoint) the continual-learning experiment."""
-    return lifecycle.run_recorded(_train, cfg, sink, progress)
+    """Run (or resume, from `sink`'s last checkpoint) the continual-learning experiment;
+    `pack > 1` runs the packed ensemble (`core.experiments.continual_packed`)."""
+    train = _train
+    if cfg.pack > 1:
+        from core.experiments import continual_packed  # it builds on this module
+
+        train = continual_packed.train
+    with precision.precision_scope(cfg.precision, lifecycle.resolve_device(cfg.device)):
+        return lifecycle.run_recorded(train, cfg, sink, progress)
 
 
 def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
@@ -224,6 +264,7 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
     sink.write_config(cfg, "continual", device=str(device))
 
     model = build_model(model_cfg, seed=seed_for(cfg.seed, "init")).to(device)
+    forward = precision.training_forward(model, cfg.precision, device)
     streams = lifecycle.generators(cfg.seed, device, ("order", "augment", "noise"))
     optimizer = build.build_optimizer(cfg.optimizer, model.parameters(), streams["noise"])
     interventions = build.build_interventions(
@@ -264,7 +305,7 @@ def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
         idx = state.order.next()
         x = data.inputs(data.train_x[idx], streams["augment"], augment=cfg.augment)
         y = data.train_y[idx]
-        loss, correct, correct_all = masked_loss(model(x), y, task.classes, task.remap)
+        loss, correct, correct_all = masked_loss(forward(x), y, task.classes, task.remap)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -7,13 +7,17 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
+import torch
+
 from core.data import DATASETS, SyntheticSpec
 from core.metrics import ProbeSpec
+from core.run import precision
 from core.run.lifecycle import DIVERGENCE_CEILING
 from core.run.specs import (
     CBPSpec,
     ModelSpec,
     OptimizerSpec,
+    PrecisionSpec,
     ReDoSpec,
     ShrinkPerturbSpec,
     check_choice,
@@ -52,6 +56,7 @@ class ImageConfig:
     divergence_ceiling: float | None = DIVERGENCE_CEILING  # diverged above this x initial loss
     seed: int = 0  # seeds every random stream (core.run.seeds.seed_for)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: PrecisionSpec = field(default_factory=PrecisionSpec)  # docs/precision.md
 
     # integer fields that must be >= 1 (an experiment's Config adds its own)
     positive_fields: ClassVar[tuple[str, ...]] = (
@@ -75,3 +80,5 @@ class ImageConfig:
             check_range("checkpoint_minutes", self.checkpoint_minutes, 0.0, low_open=True)
         if self.divergence_ceiling is not None:
             check_range("divergence_ceiling", self.divergence_ceiling, 1.0, low_open=True)
+        if self.device == "cpu":  # a GPU's abilities are checked when the run resolves it
+            precision.check(self.precision, torch.device("cpu"))

@@ -17,7 +17,9 @@ Public surface:
   input), a float;
 - `dormancy_scores` (D,): the per-unit ReDo score behind `dormant_ratio`, also used by
   `core.optim.ReDo`;
-- `Probe`, `ProbeSpec` and `PRESETS` (`default`, `paper`, `paper_bitflip`, `dohare2024`).
+- `Probe`, `ProbeSpec` and `PRESETS` (`default`, `paper`, `paper_bitflip`, `dohare2024`);
+  `ProbeSpec(diagnose=True)` adds the clone partition and frozen units of `core.diagnose` per
+  layer (`core.metrics.partition`, the one definition both use).
 
 Flatten a layer output into H with `core.models.capture.unit_matrix`; choose stratified probe
 batches with `core.data.stratified_indices`.

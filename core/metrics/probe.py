@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from core.metrics import ranks, units
+from core.metrics.partition import activation_slopes, partition_summary
 from core.metrics.presets import PRESETS, Metric
 from core.models import Layer
 from core.models.capture import unit_matrix
@@ -44,6 +45,7 @@ class ProbeSpec:
         "default"  # one of core.metrics.PRESETS: default, paper, paper_bitflip, dohare2024
     )
     metrics: tuple[str, ...] = ()  # a subset of the preset's metrics ("a,b" works); () = all
+    diagnose: bool = False  # also the clone partition and frozen units of core.diagnose per layer
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -56,6 +58,8 @@ class ProbeSpec:
                 f"metrics {', '.join(unknown)} are not in preset {self.preset!r}; "
                 f"valid: {', '.join(PRESETS[self.preset])}"
             )
+        if not isinstance(self.diagnose, bool):
+            raise ValueError(f"probe diagnose must be true or false, got {self.diagnose!r}")
 
     def selected(self) -> dict[str, Metric]:
         """The metrics to compute, by name, in the preset's order."""
@@ -162,7 +166,10 @@ class Probe:
     """Measures `model` on the fixed batch (x, y): `probe()` -> flat dict of floats.
 
     Keys: `"<layer>/<metric>"` for each layer of `select_layers(model, layers)` and each metric
-    of `spec`, plus whole-model scalars without a slash: `loss`, and `accuracy` (argmax over the
+    of `spec` (with `spec.diagnose`, also `core.metrics.partition.partition_summary`'s rows: the
+    clone partition of the layer's values and errors and, for a layer whose module is an
+    activation, its frozen units), plus whole-model scalars without a slash: `loss`, and
+    `accuracy` (argmax over the
     output columns) when `loss_fn` returns a tensor, the output is (B, K > 1) and y holds integer
     labels. `loss_fn(output, y)` returns the batch-mean loss, or a mapping with the key `loss`
     (differentiated) and any other whole-model scalars to report instead (e.g. a masked accuracy).
@@ -188,7 +195,7 @@ class Probe:
         names = [layer.name for layer in self.layers]
         if len(set(names)) != len(names) or any("/" in n for n in names):
             raise ValueError(f"declared layer names must be unique and slash-free, got {names}")
-        self.needs_grad = any(m.needs_grad for m in self.metrics.values())
+        self.needs_grad = self.spec.diagnose or any(m.needs_grad for m in self.metrics.values())
         self.needs_pre = any(m.needs_pre for m in self.metrics.values())
         self.generator = generator
         self._row_indices: dict[tuple[str, int], torch.Tensor | None] = {}
@@ -197,10 +204,15 @@ class Probe:
         outputs, inputs, grads, scalars = self._forward_backward()
         keys = list(scalars)
         values = [v.detach().double().reshape(()) for v in scalars.values()]
+        diagnosis: dict[str, float] = {}
         with torch.no_grad():
             for layer in self.layers:
+                pre = inputs.get(layer.name)
                 view = self._view(
-                    layer, outputs[layer.name], grads.get(layer.name), inputs.get(layer.name)
+                    layer,
+                    outputs[layer.name],
+                    grads.get(layer.name),
+                    pre if self.needs_pre and layer.activation is not None else None,
                 )
                 for key, metric in self.metrics.items():
                     if metric.needs_weight and view.weight is None:
@@ -209,13 +221,27 @@ class Probe:
                         continue
                     keys.append(f"{layer.name}/{key}")
                     values.append(metric.compute(view).double().reshape(()))
-        return dict(zip(keys, torch.stack(values).tolist()))  # the one transfer to the host
+                if self.spec.diagnose:
+                    rows = self._partition(layer, view, pre)
+                    diagnosis.update({f"{layer.name}/{k}": v for k, v in rows.items()})
+        out = dict(zip(keys, torch.stack(values).tolist()))  # the one transfer to the host
+        return {**out, **diagnosis}  # the partition's rows are host values already
+
+    @staticmethod
+    def _partition(layer: Layer, view: LayerView, pre: torch.Tensor | None) -> dict[str, float]:
+        """The `diagnose` rows of one layer (`partition_summary`): frozen units where the layer's
+        module is an activation (phi' by autograd at its recorded input), as `core.diagnose`."""
+        slopes = None
+        if isinstance(layer.module, ACTIVATION_TYPES) and pre is not None:
+            slopes = activation_slopes(layer.module, unit_matrix(pre))
+        return partition_summary(view.h, view.g_batch_mean, slopes)
 
     def _forward_backward(
         self,
     ) -> tuple[dict[str, torch.Tensor], ...]:
         """Layer outputs, the pre-activations of layers with an activation (when a metric reads
-        them), the outputs' loss gradients and the whole-model scalars, in eval mode."""
+        them, or, with `diagnose`, the input of every layer whose module is an activation), the
+        outputs' loss gradients and the whole-model scalars, in eval mode."""
         outputs: dict[str, torch.Tensor] = {}
         inputs: dict[str, torch.Tensor] = {}
 
@@ -230,7 +256,11 @@ class Probe:
         modes = [(m, m.training) for m in self.model.modules()]
         handles = [
             layer.module.register_forward_hook(
-                recorder(layer.name, self.needs_pre and layer.activation is not None)
+                recorder(
+                    layer.name,
+                    (self.needs_pre and layer.activation is not None)
+                    or (self.spec.diagnose and isinstance(layer.module, ACTIVATION_TYPES)),
+                )
             )
             for layer in self.layers
         ]

@@ -77,30 +77,21 @@ class CNN(nn.Module):
         return ((ch // e)[:, None] * p + pos[None, :]) * e + (ch % e)[:, None]
 
     def declared_layers(self) -> list[Layer]:
-        """`conv1`... (channels of each stage's activation, before pooling), then `fc1`..."""
-        fc_or_head = [b.linear for b in self.fc] + [self.head]
-        layers = []
-        for i, stage in enumerate(self.stages):
-            last = i == len(self.stages) - 1
-            layers.append(
-                Layer(
-                    name=f"conv{i + 1}",
-                    module=stage.act,
-                    incoming=stage.conv,
-                    norm=None if isinstance(stage.norm, nn.Identity) else stage.norm,
-                    outgoing=fc_or_head[0] if last else self.stages[i + 1].conv,
-                    outgoing_index=self._flatten_index() if last else None,
-                    activation=self.cfg.activation,
-                )
+        """`conv1`... (channels of each stage's activation, before pooling), then `fc1`...; each
+        layer is read by the next one's Linear/Conv (the head after the last)."""
+        units = [(f"conv{i + 1}", s.act, s.conv, s.norm) for i, s in enumerate(self.stages)]
+        units += [(f"fc{i + 1}", b.act, b.linear, None) for i, b in enumerate(self.fc)]
+        readers = [incoming for _, _, incoming, _ in units[1:]] + [self.head]
+        last_conv = len(self.stages) - 1  # read through the flatten
+        return [
+            Layer(
+                name,
+                act,
+                incoming,
+                norm=None if isinstance(norm, nn.Identity) else norm,
+                outgoing=reader,
+                outgoing_index=self._flatten_index() if i == last_conv else None,
+                activation=self.cfg.activation,
             )
-        for i, block in enumerate(self.fc):
-            layers.append(
-                Layer(
-                    name=f"fc{i + 1}",
-                    module=block.act,
-                    incoming=block.linear,
-                    outgoing=fc_or_head[i + 1],
-                    activation=self.cfg.activation,
-                )
-            )
-        return layers
+            for i, ((name, act, incoming, norm), reader) in enumerate(zip(units, readers))
+        ]

@@ -46,12 +46,10 @@ class ElementwiseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
+            options = {k: group[k] for k in ("lr", "betas", "eps", "weight_decay")}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -60,17 +58,8 @@ class ElementwiseAdam(torch.optim.Optimizer):
                     state["step"] = torch.zeros_like(p, dtype=torch.float64)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                elementwise_adam_step(
-                    p,
-                    p.grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
-                    state["step"],
-                    lr=group["lr"],
-                    betas=(beta1, beta2),
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                )
+                buffers = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                elementwise_adam_step(p, p.grad, *buffers, **options)
         return loss
 
 

@@ -12,6 +12,8 @@ import torch
 from torch.optim.sgd import sgd
 
 NOISE_BLOCK = 16  # the noise vector of one step is padded to a multiple of this many draws
+# the keys of a parameter group passed on to torch's functional `sgd` (maximize: always False)
+_SGD_OPTIONS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
 def noise_size(numel: int) -> int:
@@ -90,10 +92,8 @@ class NoisySGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
         sigma = self.sigma()
         all_params = [p for group in self.param_groups for p in group["params"]]
         noise = None
@@ -120,17 +120,7 @@ class NoisySGD(torch.optim.Optimizer):
                     if group["momentum"] != 0:
                         buffers.append(self.state[p].get("momentum_buffer"))
                 offset += n
-            sgd(
-                params,
-                grads,
-                buffers,
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                lr=group["lr"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                maximize=False,
-            )
+            sgd(params, grads, buffers, maximize=False, **{k: group[k] for k in _SGD_OPTIONS})
             if group["momentum"] != 0:
                 for p, buf in zip(params, buffers):
                     self.state[p]["momentum_buffer"] = buf

@@ -3,7 +3,9 @@ so `core.run.schema` and `core.run.config` stay torch-free for analysis and swee
 
 - `core.run.schema`: the record's on-disk format (file names, columns, statuses, config.json).
 - `core.run.seeds`: `seed_for(seed, purpose, *index)`, the one seeding rule.
-- `core.run.specs`: `ModelSpec`, `OptimizerSpec`, `CBPSpec`, `ReDoSpec`, `ShrinkPerturbSpec`.
+- `core.run.specs`: `ModelSpec`, `OptimizerSpec`, `CBPSpec`, `ReDoSpec`, `ShrinkPerturbSpec`,
+  `PrecisionSpec`.
+- `core.run.precision`: `check`, `precision_scope`, `training_forward` (the `precision.*` keys).
 - `core.run.config`: `field_types`, `parse_overrides`, `apply_overrides`, `config_help`,
   `experiment_config`, `experiment_module`.
 - `core.run.build`: `build_optimizer`, `build_interventions` (-> `Interventions`),

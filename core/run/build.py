@@ -39,28 +39,18 @@ def build_optimizer(
 
     `generator` draws noisy SGD's noise and must be given for `noisy_sgd`.
     """
-    if spec.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
+    common = {"lr": spec.lr, "weight_decay": spec.weight_decay}
     if spec.name == "adam":
-        kwargs = {"lr": spec.lr, "betas": spec.betas, "eps": spec.eps}
-        if spec.adam_step == "element":
-            from core.optim import ElementwiseAdam
+        from core.optim import ElementwiseAdam
 
-            return ElementwiseAdam(params, weight_decay=spec.weight_decay, **kwargs)
-        return torch.optim.Adam(params, weight_decay=spec.weight_decay, **kwargs)
+        adam = ElementwiseAdam if spec.adam_step == "element" else torch.optim.Adam
+        return adam(params, betas=spec.betas, eps=spec.eps, **common)
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, momentum=spec.momentum, **common)
     if generator is None:
         raise ValueError("noisy_sgd needs a torch.Generator for its noise")
-    return NoisySGD(
-        params,
-        lr=spec.lr,
-        sigma0=spec.sigma0,
-        decay=spec.decay,
-        momentum=spec.momentum,
-        weight_decay=spec.weight_decay,
-        generator=generator,
-    )
+    noise = {"sigma0": spec.sigma0, "decay": spec.decay, "generator": generator}
+    return NoisySGD(params, momentum=spec.momentum, **noise, **common)
 
 
 class Interventions:

@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import NoReturn
 
 from core.run.config import config_help, parse_overrides
-from core.run.record import RunRecord
 
 EXIT_CODES = {"completed": 0, "failed": 1, "user_error": 2, "diverged": 3}
 USER_ERRORS = (FileNotFoundError, PermissionError, ValueError)  # before the run starts
+
+
+def user_error(prog: str, err: Exception, code: int = EXIT_CODES["user_error"]) -> NoReturn:
+    """The end of every command line (the experiments', `core.diagnose`, `core.theory`,
+    `cluster`) on a bad input: one line `<prog>: error: <err>` on stderr, no traceback, exit
+    `code` (2: a user error)."""
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 def main(
@@ -51,15 +58,12 @@ def main(
         help="the run record (default runs/<name>-<UTC time>); an existing one is resumed",
     )
     args = parser.parse_args(argv)
-
-    def user_error(err: Exception) -> NoReturn:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_CODES["user_error"])
-
     try:
         cfg = parse_overrides(config_cls, args.overrides)
     except ValueError as err:
-        user_error(err)
+        user_error(prog, err)
+    from core.run.record import RunRecord  # torch: not loaded by the other CLIs' `user_error`
+
     run_dir = args.run_dir or Path("runs") / f"{experiment}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     record = RunRecord(run_dir)
     try:
@@ -67,6 +71,6 @@ def main(
     except USER_ERRORS as err:
         if record.opened:
             raise  # a failure of the run itself: exit status 1, with the traceback
-        user_error(err)
+        user_error(prog, err)
     print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2, default=str))
     raise SystemExit(EXIT_CODES[record.status])

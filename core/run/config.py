@@ -121,16 +121,12 @@ def parse_value(text: str, tp: Any) -> Any:
         if low in _FALSE:
             return False
         raise ValueError(f"expected a boolean (true/false), got {text!r}")
-    if tp is int:
+    if tp in (int, float):
         try:
-            return int(text)
+            return tp(text)
         except ValueError:
-            raise ValueError(f"expected an integer, got {text!r}") from None
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"expected a number, got {text!r}") from None
+            kind = "an integer" if tp is int else "a number"
+            raise ValueError(f"expected {kind}, got {text!r}") from None
     if tp is str:
         return text
     raise TypeError(f"no override parser for annotation {tp!r}")

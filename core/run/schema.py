@@ -9,7 +9,14 @@ theory import it without importing torch).
   metrics/           part-000000.parquet, ...: long format run_id, step, split, layer, metric, value
   checkpoints/       step-000000001000.pt, ...: whatever the experiment saves (torch.save dicts)
   members/<name>/    (bit-flip ensemble trials) one complete run record per member
+  base_states/       (a cloning sweep's shared base, config part=base) step-000000100.pt, ...:
+                     the base's state at the expansion and at each clone check
 ```
+
+A shared base (config `"part": "base"`) is computed once for every clone run that starts from it
+(`"part": "clone"`, `"base_from"`: the base's record dir); each such clone record holds the base's
+rows as well, so analysis reads the clone records only. The split keys route the computation and
+never change a result (a split trial equals the whole one): analysis groups without them.
 
 `layer` is "" for whole-model scalars; a row's identity is (run_id, step, split, layer, metric).
 """
@@ -46,6 +53,9 @@ CHECKPOINTS_DIR = "checkpoints"
 MEMBERS_DIR = "members"
 CHUNK_GLOB = "part-*.parquet"
 CHECKPOINT_GLOB = "step-*.pt"
+BASE_STATES_DIR = "base_states"
+SPLIT_KEYS = ("part", "base_from")  # config keys of the base/clone split (see above)
+SHARED_BASE = "base"  # the value of "part" in a shared base's config
 
 
 def config_path(run_dir: str | Path) -> Path:
@@ -54,6 +64,11 @@ def config_path(run_dir: str | Path) -> Path:
 
 def status_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / STATUS_FILE
+
+
+def base_state_path(run_dir: str | Path, step: int) -> Path:
+    """A shared base's saved state after `step` steps."""
+    return Path(run_dir) / BASE_STATES_DIR / f"step-{step:09d}.pt"
 
 
 def metrics_dir(run_dir: str | Path) -> Path:

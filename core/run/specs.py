@@ -167,3 +167,22 @@ class ShrinkPerturbSpec:
     def __post_init__(self) -> None:
         check_range("shrink", self.shrink, 0.0, 1.0)
         check_range("noise_std", self.noise_std, 0.0)
+
+
+MATMUL_PRECISIONS = ("highest", "tf32")
+AUTOCASTS = ("none", "bf16")
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """Precision and kernels of the training step (`precision.*`, `core.run.precision`;
+    docs/precision.md: what each option does to clone exactness). The defaults are plain fp32."""
+
+    matmul: str = "highest"  # highest: fp32 | tf32: CUDA matmuls and convolutions in TF32
+    autocast: str = "none"  # none | bf16: the training forward and loss under bf16 autocast
+    channels_last: bool = False  # 4-D weights and training inputs in channels-last memory format
+    compile: bool = False  # the training forward through torch.compile
+
+    def __post_init__(self) -> None:
+        check_choice("matmul", self.matmul, MATMUL_PRECISIONS)
+        check_choice("autocast", self.autocast, AUTOCASTS)

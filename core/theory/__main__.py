@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.run.cli import user_error
 from core.theory.figures import write_figures
 from core.theory.report import MODES, stability_report
 
@@ -53,22 +54,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.checkpoint.is_file():
         parser.error(f"no checkpoint at {args.checkpoint}")
     try:
+        # every option of `stability` but --out is a parameter of stability_report, by name
         report = stability_report(
-            args.checkpoint,
-            dataset=args.dataset,
-            data_root=args.data_root,
-            samples=args.samples,
-            lanczos_steps=args.lanczos_steps,
-            eps=args.eps,
-            lr=args.lr,
-            escape_steps=args.escape_steps,
-            max_escape_steps=args.max_escape_steps,
-            mode=args.mode,
-            seed=args.seed,
-            device=args.device,
+            **{k: v for k, v in vars(args).items() if k not in ("command", "out")}
         )
     except (KeyError, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        user_error(parser.prog, err)
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,20 +1,24 @@
 """Bit flipping: loss of plasticity under SGD, recovery by CBP, and the width study (paper §4,
 §B.1.1, Figs. B.1-B.2), plus Dohare et al.'s slowly-changing-regression grid.
 
-    python -m sweeps run bitflip --scale paper           # 12 trials = 840 member runs
+    python -m sweeps run bitflip --scale paper           # 4 trials = 840 member runs
     python -m sweeps run bitflip --scale dohare          # his BP grid: 12 trials = 3,600 runs
     python -m sweeps run bitflip --scale dohare_cbp      # his CBP grid: 5 trials = 500 runs
     make sweep-bitflip                                   # the smoke scale, then the aggregate
 
-Each trial is one batched ensemble (`core.experiments.bitflip`). `paper`: one learner width and
-one method per trial, with the 70 seeds 30-99 of the paper's grid as members, 5M online steps
-each, on the default target (`threshold=code`, the paper's script). Methods: `sgd` (the paper's
-280 baseline runs: 4 widths x 70 seeds), `sgd_then_cbp` (SGD for the first 2.5M steps, then CBP:
-Fig. B.1) and `cbp` (CBP throughout: with `sgd`, the width study of Fig. B.2). Trials: 4 widths
-{5, 10, 50, 100} x 3 methods = 12; member runs: 12 x 70 = 840. Cost: about 1.4 (SGD) to 3.3
-(CBP) CPU-seconds per 5M-step member in a 256-member ensemble. Expected: under SGD the binned
-loss rises again after its first fall and the hidden rank falls, more so for wider learners;
-after the switch CBP brings both back.
+Each trial is one batched ensemble (`core.experiments.bitflip`). `paper`: one learner width per
+trial, with the three methods x the 70 seeds 30-99 of the paper's grid as its 210 members, 5M
+online steps each, on the default target (`threshold=code`, the paper's script), run by the
+compiled loop (`engine=native`). Methods: `sgd` (the paper's 280 baseline runs: 4 widths x 70
+seeds), `sgd_then_cbp` (SGD for the first 2.5M steps, then CBP: Fig. B.1) and `cbp` (CBP
+throughout: with `sgd`, the width study of Fig. B.2). Trials: 4 widths, widest first (two run at
+once on two cores, so the longest starts first); member runs: 4 x 210 = 840, each with its own
+record `members/<method>-lr0.01-seed<seed>/` (loss every 1,000 steps, the probe every 50,000:
+at every 10,000 it would cost more than the training itself). Cost: `python -m sweeps plan
+bitflip --scale paper` (sweeps/costs.json, from `python benchmarks/bench_bitflip.py --costs`).
+Expected:
+under SGD the binned loss rises again after its first fall and the hidden rank falls, more so
+for wider learners; after the switch CBP brings both back.
 
 `dohare` (his `cfg/sgd/bp/*.json` and `cfg/adam/bp/*.json` with the six activations): his target
 (`threshold=dohare`, all slow bits redrawn every 10,000 steps, a 20-input learner without the
@@ -36,6 +40,7 @@ EXPERIMENT = "bitflip"
 SCALES = ("smoke", "paper", "dohare", "dohare_cbp")
 PAPER_SEEDS = tuple(range(30, 100))  # the paper's grid: 70 seeds
 METHODS = [("sgd",), ("sgd_then_cbp",), ("cbp",)]
+PAPER_METHODS = ("sgd", "sgd_then_cbp", "cbp")  # one ensemble per width holds all three
 DOHARE_ACTIVATIONS = ["sigmoid", "tanh", "elu", "relu", "leaky_relu", "swish"]
 DOHARE_PROBLEM = {
     "steps": 1_000_000,
@@ -86,8 +91,10 @@ def param_space(scale: str) -> dict:
             "cbp.bias_correction": False,
         }
     return {
-        "width": tune.grid_search([5, 10, 50, 100]),
-        "method": tune.grid_search(METHODS),
+        "engine": "native",
+        "metrics_every": 50_000,  # 100 probe points a run: the probe would cost more than training
+        "width": tune.grid_search([100, 50, 10, 5]),
+        "method": PAPER_METHODS,
     }
 
 
@@ -98,6 +105,6 @@ def members_per_trial(space: dict) -> int:
     return len(space["lr"]) * len(space["seed"]) * max(len(m) for m in methods)
 
 
-def resources(scale: str) -> dict:
+def resources(scale: str, point: dict | None = None) -> dict:
     """One CPU per ensemble: the batched loop is fastest on one thread."""
     return {"cpu": 1}

@@ -19,10 +19,12 @@ from __future__ import annotations
 from ray import tune
 
 from sweeps.configs import same_as
-from sweeps.studies.cloning_noise import PROTOCOL, SEEDS, SMOKE
+from sweeps.studies.cloning_noise import PROTOCOL, SEEDS, SMOKE, gpu_share
 
 EXPERIMENT = "cloning"
 SCALES = ("smoke", "paper", "reference")
+# No SHARED_PREFIX: every axis changes the base too (p is both models' dropout, the clone's
+# optimizer is tied to the base's by same_as), so no two points share a base run.
 
 
 def base_config() -> dict:
@@ -60,6 +62,9 @@ def param_space(scale: str) -> dict:
     return space
 
 
-def resources(scale: str) -> dict:
-    """Smoke: one CPU. Paper: a quarter A100 per run."""
-    return {"cpu": 1} if scale == "smoke" else {"cpu": 2, "gpu": 0.25}
+def resources(scale: str, point: dict | None = None) -> dict:
+    """Smoke: one CPU. Otherwise 2 CPUs and the GPU share of the trial at `point` (or the grid's
+    largest): `cloning_noise.gpu_share`."""
+    if scale == "smoke":
+        return {"cpu": 1}
+    return {"cpu": 2, "gpu": gpu_share({**base_config(), **param_space(scale)}, point)}

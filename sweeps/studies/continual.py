@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from ray import tune
 
+from sweeps import configs, costs
+
 EXPERIMENT = "continual"
 SCALES = ("smoke", "paper", "reference")
 
@@ -65,6 +67,20 @@ def param_space(scale: str) -> dict:
     return grid
 
 
-def resources(scale: str) -> dict:
-    """Smoke: one CPU. Paper: a quarter A100 per run (the models are small at 64x64)."""
-    return {"cpu": 1} if scale == "smoke" else {"cpu": 2, "gpu": 0.25}
+def resources(scale: str, point: dict | None = None) -> dict:
+    """Smoke: one CPU. Otherwise 2 CPUs and the GPU share (`sweeps.costs.gpu_share`: a whole GPU
+    for ResNet and ViT, eighths by measured memory for MLP and CNN, x `pack`) of the trial at grid
+    point `point` (its values), or, without a point, the largest share of the grid's trials."""
+    if scale == "smoke":
+        return {"cpu": 1}
+    space = {**base_config(), **param_space(scale)}
+    points = [point] if point is not None else configs.grid_points(space)
+    shape = "x".join(map(str, costs.SHAPES[space["dataset"]]))
+    share = max(
+        costs.gpu_share(
+            [costs.Work("continual", "train", p["model.arch"], shape, p["batch_size"], 0)],
+            copies=p.get("pack", 1),
+        )
+        for p in points
+    )
+    return {"cpu": 2, "gpu": share}

@@ -68,6 +68,29 @@ def test_an_ensemble_container_is_skipped_for_its_members(tmp_path):
     assert [p.name for p in find_runs(tmp_path)] == ["sgd-seed1", "sgd-seed2"]
 
 
+def test_a_sweep_through_shared_bases_groups_like_one_computed_whole(tmp_path):
+    """A shared base (part=base) is skipped, and part/base_from leave the runs table, so the
+    clone runs of two bases form one configuration of two seeds, as whole runs would."""
+    from analysis.aggregate import varying_keys
+
+    for seed in (1, 2):
+        base = write_run(
+            tmp_path / "runs" / f"base{seed}",
+            {**cloning_config("mlp", seed), "part": "base", "base_from": None},
+            [(20, "base_train", "", "loss", 9.0)],
+        )
+        write_run(
+            tmp_path / "runs" / f"clone{seed}",
+            {**cloning_config("mlp", seed), "part": "clone", "base_from": str(base)},
+            cloning_rows(float(seed)),
+        )
+    sweep = load_sweep(tmp_path)
+    assert sorted(sweep.runs.run_id) == ["clone1", "clone2"]
+    assert not {"part", "base_from"} & set(sweep.runs.columns)
+    assert varying_keys(sweep.runs) == []
+    assert set(sweep.records.run_id) == {"clone1", "clone2"}
+
+
 def test_no_records_says_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="make sweep-cloning"):
         load_sweep(tmp_path)

@@ -90,7 +90,7 @@ def test_slurm_knobs_parse_slurm_formats_and_refuse_unknown_keys():
 
 
 def test_a_trial_that_does_not_fit_the_profile_is_refused_before_submitting(tmp_path):
-    with pytest.raises(ValueError, match="needs 0.25 GPU per trial and SLURM profile cpu"):
+    with pytest.raises(ValueError, match="needs 1 GPU per trial and SLURM profile cpu"):
         submit_sweep("cloning_noise", "paper", tmp_path / "s", profile="cpu", dry_run=True)
     with pytest.raises(ValueError, match="needs 2 CPUs per trial; SLURM profile a100"):
         submit_sweep(

@@ -1,6 +1,7 @@
-"""What the Ray dashboard shows of a local sweep, read through Ray's state API from another
-process (with the sweep's token, as the dashboard's user): each trial actor named by its sweep,
-grid point and axis values, and the Tune driver listed as a job."""
+"""What the Ray dashboard shows of a local sweep, read through Ray's state and job APIs from another
+process (with the sweep's token, as the dashboard's user): the Tune driver as a submitted Ray job
+with a readable id whose log carries Tune's status table, and each trial actor named by its sweep,
+grid point and axis values. Then Ctrl-C stops the job and the sweep, and no Ray process is left."""
 
 from __future__ import annotations
 
@@ -21,25 +22,49 @@ from sweeps.trainable import trial_name
 ROOT = Path(__file__).resolve().parents[2]
 QUERY = """
 import json, sys
+from ray.job_submission import JobSubmissionClient
 from ray.util.state import list_actors, list_jobs
 actors = list_actors(address=sys.argv[1], detail=True, filters=[("state", "=", "ALIVE")])
-jobs = list_jobs(address=sys.argv[1])
-print(json.dumps({
-    "actors": [[a.class_name, a.repr_name] for a in actors],
-    "jobs": [[j.type, j.status, j.entrypoint] for j in jobs],
-}))
+jobs = [
+    {"type": getattr(j.type, "value", j.type), "status": getattr(j.status, "value", j.status),
+     "id": j.submission_id, "entrypoint": j.entrypoint}
+    for j in list_jobs(address=sys.argv[1])
+]
+client = JobSubmissionClient(sys.argv[1])
+for job in jobs:
+    job["log"] = client.get_job_logs(job["id"]) if job["type"] == "SUBMISSION" else ""
+print(json.dumps({"actors": [[a.class_name, a.repr_name] for a in actors], "jobs": jobs}))
 """
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of this machine's processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.mark.slow
-def test_trial_actors_carry_readable_names_and_the_driver_is_a_job(tmp_path):
+def test_the_driver_is_a_ray_job_with_the_status_table_and_trial_actors_carry_names(tmp_path):
     sweep_dir = tmp_path / "null-watch"
     log = tmp_path / "driver.log"
     cmd = [sys.executable, "-m", "sweeps", "run", "sweeps.loadtest", "--scale", "long"]
     cmd += ["--sweep-dir", str(sweep_dir), "--num-cpus", "2"]
     with log.open("w") as out:
         driver = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Ctrl-C as in a terminal (a shell's background job would ignore SIGINT)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     points = plan("sweeps.loadtest", "long", prepare_data=False)
     expected = {trial_name("null-watch", p, v, ["seed"]) for p, v in points.items()}
@@ -55,10 +80,11 @@ def test_trial_actors_carry_readable_names_and_the_driver_is_a_job(tmp_path):
         url, token = found.groups()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
-        error = ""
-        while not seen:  # Ray's API server may answer an error while the cluster starts
-            assert driver.poll() is None, f"no named trial actor seen: {error}"
-            assert time.time() < deadline, f"no named trial actor seen: {error}"
+        error, jobs = "", []
+        while not (seen and any("Trial status:" in j["log"] for j in jobs)):
+            # Ray's API server may answer an error while the cluster starts
+            assert driver.poll() is None, f"no named trial actor or status table seen: {error}"
+            assert time.time() < deadline, f"no named trial actor or status table seen: {error}"
             query = subprocess.run(
                 [sys.executable, "-c", QUERY, url], capture_output=True, text=True, env=env,
                 timeout=120,
@@ -67,13 +93,28 @@ def test_trial_actors_carry_readable_names_and_the_driver_is_a_job(tmp_path):
             if query.returncode == 0:
                 state = json.loads(query.stdout.splitlines()[-1])
                 seen = {name for _, name in state["actors"] if name.startswith("null-watch ")}
-                error = f"actors: {state['actors']}"
+                jobs = state["jobs"]
+                error = f"actors: {state['actors']}, jobs: {[j['id'] for j in jobs]}"
             time.sleep(1)
         assert seen <= expected, (seen, expected)  # e.g. "null-watch 1f3a... seed=2"
-        jobs = state["jobs"]
-        drivers = [e or "" for kind, status, e in jobs if (kind, status) == ("DRIVER", "RUNNING")]
-        assert any("sweeps" in e and "run" in e for e in drivers), jobs
+        [job] = [j for j in jobs if j["type"] == "SUBMISSION"]
+        assert job["status"] == "RUNNING", job
+        assert re.fullmatch(r"null-watch-\d{8}-\d{6}", job["id"]), job["id"]
+        assert "-m sweeps run sweeps.loadtest --scale long" in job["entrypoint"], job
+        assert "--ray-address" in job["entrypoint"], job
+        status_table = job["log"][job["log"].index("Trial status:") :]
+        assert "Trial name" in status_table and all(p in status_table for p in points)
+        assert f"Ray job {job['id']}" in log.read_text()  # the terminal follows the job
+
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the job stops, Tune saves its state
+        assert driver.wait(timeout=120) == 1, log.read_text()[-3000:]  # unfinished points
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+    text = log.read_text()
+    assert f"stopping the Ray job {job['id']}" in text and "Stop signal received" in text
+    assert '"planned": 4' in text  # the driver's summary came through
+    temp_dir = str(Path(token).parent)
+    assert not Path(temp_dir).exists()
+    assert _processes_mentioning(temp_dir) == [], "a Ray process of the sweep was left"

@@ -73,12 +73,16 @@ def test_plan_on_slurm_prints_900_points_and_the_cost_per_architecture(tmp_path)
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "cloning_noise (scale paper): 900 grid points, each config valid" in out.stdout
+    # 900 points of 20 + 2 x 500 epochs, as run 60 bases of 520 and 900 clones of 500 epochs
+    assert "model-steps: 358,938,000 -> 188,149,200 (-47.6%)" in out.stdout
     total = 0.0
-    for arch, (base, clone) in A100.items():  # 225 trials of each architecture
-        hours = 225 * (BASE_STEPS * base + CLONE_STEPS * clone) / 3600
+    for arch, (base, clone) in A100.items():  # 225 points of each architecture on 15 bases
+        # a base run: both phases of the base alone; a clone run: the clone alone, at the clone
+        # phase's figure less the base phase's
+        hours = (15 * (BASE_STEPS + CLONE_STEPS) * base + 225 * CLONE_STEPS * (clone - base)) / 3600
         total += hours
-        steps = 225 * (BASE_STEPS + CLONE_STEPS)
-        assert f"{arch:10s}   225 trials {steps:>15,d} steps  {hours:12,.1f} h" in out.stdout
+        steps = 15 * (BASE_STEPS + CLONE_STEPS) + 225 * CLONE_STEPS
+        assert f"{arch:10s}   240 trials {steps:>15,d} steps  {hours:12,.1f} h" in out.stdout
     assert "vit: no figure for cloning base 3x32x32 batch 128" in out.stdout
     assert f"total {total:,.1f} device-hours (measured architectures only)" in out.stdout
     # 2 nodes of the a100 profile: 8 GPUs
@@ -93,7 +97,7 @@ def test_a_study_needing_a_gpu_on_a_machine_without_one_refuses_at_once(tmp_path
         start = time.monotonic()
         out = _sweeps(*args)
         assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-        assert "needs 0.25 GPU per trial and this machine has no CUDA GPU" in out.stderr
+        assert "needs 1 GPU per trial and this machine has no CUDA GPU" in out.stderr
         assert time.monotonic() - start < 120
     assert not (tmp_path / "s").exists()
 

@@ -40,16 +40,21 @@ def test_cloning_dropout_ties_the_clone_optimizer_to_the_base():
     }
 
 
-def test_an_unknown_key_fails_before_anything_starts(monkeypatch):
+def _continual_with_space(monkeypatch, param_space) -> None:
+    """Every study name resolves to the continual study at scale smoke with `param_space`."""
     real = get_study("continual")
     broken = types.SimpleNamespace(
         EXPERIMENT="continual",
         SCALES=("smoke",),
         base_config=real.base_config,
-        param_space=lambda scale: {"optimizer.lrr": tune.grid_search([0.1]), "sede": 1},
+        param_space=lambda scale: param_space,
         resources=real.resources,
     )
     monkeypatch.setattr(driver, "get_study", lambda name: broken)
+
+
+def test_an_unknown_key_fails_before_anything_starts(monkeypatch):
+    _continual_with_space(monkeypatch, {"optimizer.lrr": tune.grid_search([0.1]), "sede": 1})
     with pytest.raises(ValueError) as err:
         driver.resolved_space("continual", "smoke")
     assert "unknown key(s) optimizer.lrr, sede" in str(err.value)
@@ -68,27 +73,17 @@ def test_bitflip_paper_counts():
 
     space = driver.resolved_space("bitflip", "paper")
     trials = count_grid(space)
-    assert (trials, members_per_trial(space)) == (12, 70)
+    assert (trials, members_per_trial(space)) == (4, 210)  # one trial per width
     assert trials * members_per_trial(space) == 840
-    sgd_trials = trials // len(space["method"]["grid_search"])
-    assert sgd_trials * members_per_trial(space) == 280  # the paper's baseline grid
+    assert space["method"] == ("sgd", "sgd_then_cbp", "cbp")
+    assert trials * len(space["lr"]) * len(space["seed"]) == 280  # the paper's SGD baseline grid
     assert space["seed"] == tuple(range(30, 100)) and space["steps"] == 5_000_000
 
 
 def test_preflight_refuses_a_bad_value_of_any_grid_point(monkeypatch):
     """The first point is valid, the last is not: the plan builds every point's config."""
-    real = get_study("continual")
-    broken = types.SimpleNamespace(
-        EXPERIMENT="continual",
-        SCALES=("smoke",),
-        base_config=real.base_config,
-        param_space=lambda scale: {
-            **real.param_space("smoke"),
-            "model.activation": tune.grid_search(["relu", "rleu"]),
-        },
-        resources=real.resources,
-    )
-    monkeypatch.setattr(driver, "get_study", lambda name: broken)
+    bad = {"model.activation": tune.grid_search(["relu", "rleu"])}
+    _continual_with_space(monkeypatch, {**get_study("continual").param_space("smoke"), **bad})
     assert first_point(driver.resolved_space("continual", "smoke"))["model.activation"] == ("relu")
     with pytest.raises(ValueError, match="rleu") as err:
         driver.plan("continual", "smoke")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,13 +45,29 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
         )
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`'s process group (a driver and its Ray) if it still runs."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop(proc)
         raise AssertionError(f"the driver did not finish\n{log.read_text()[-3000:]}") from None
+
+
+def run_null_sweep(sweep_dir: Path, scale: str, timeout: float = 600):
+    """The null study (`sweeps.loadtest`) at `scale` through the real driver, no dashboard."""
+    cmd = sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", scale, "--no-dashboard")
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def tails(out: subprocess.CompletedProcess) -> str:
+    return out.stdout[-3000:] + out.stderr[-3000:]
 
 
 def summary_of(stdout: str) -> dict:
@@ -222,6 +239,20 @@ def _trial_workers(driver_pid: int) -> list[int]:
     return [p for p in _descendants(driver_pid) if _cmdline(p).startswith(b"ray::SweepTrial")]
 
 
+def _kill_a_trial_mid_run(driver, log: Path, sweep_dir: Path, last_step: int, deadline) -> str:
+    """SIGKILL the workers of the first trial caught between two checkpoints; its point."""
+    while time.time() < deadline:
+        assert driver.poll() is None, log.read_text()[-3000:]
+        point = _caught_between_checkpoints(sweep_dir, last_step)
+        workers = _trial_workers(driver.pid) if point else []
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+        if workers:
+            return point
+    raise AssertionError("no trial was caught between two checkpoints")
+
+
 def _caught_between_checkpoints(sweep_dir: Path, last_step: int) -> str | None:
     """A point whose record is running and has a checkpoint before its last step."""
     for point, status in statuses(sweep_dir).items():
@@ -241,17 +272,8 @@ def test_kills_of_workers_and_driver_and_reruns_leave_one_record_and_mlflow_run_
     sweep_dir = tmp_path / "null-slow"
     log = tmp_path / "first.log"
     driver = start(sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "slow"), log)
-    victim = None
     deadline = time.time() + 300
-    while victim is None and time.time() < deadline:  # kill one trial's worker mid-run
-        assert driver.poll() is None, log.read_text()[-3000:]
-        point = _caught_between_checkpoints(sweep_dir, 2000)
-        workers = _trial_workers(driver.pid) if point else []
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
-        victim = point if workers else None
-        time.sleep(0.05)
-    assert victim is not None, "no trial was caught between two checkpoints"
+    victim = _kill_a_trial_mid_run(driver, log, sweep_dir, 2000, deadline)  # one worker
     while time.time() < deadline and list(statuses(sweep_dir).values()).count("completed") < 2:
         assert driver.poll() is None, log.read_text()[-3000:]
         time.sleep(0.05)
@@ -264,14 +286,8 @@ def test_kills_of_workers_and_driver_and_reruns_leave_one_record_and_mlflow_run_
     snapshots = {p: _snapshot(sweep_dir / "runs" / p) for p in finished}
 
     for n in (2, 3):  # a re-run finishes the sweep; a re-run of the finished sweep does nothing
-        rerun = subprocess.run(
-            sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "slow", "--no-dashboard"),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        rerun = run_null_sweep(sweep_dir, "slow")
+        assert rerun.returncode == 0, tails(rerun)
         assert "stale lock: driver pid" in rerun.stderr or n == 3  # the killed driver's lock
         assert summary_of(rerun.stdout)["completed"] == 4
     assert "4 finished, 0 to run" in rerun.stdout
@@ -294,14 +310,8 @@ def test_kills_of_workers_and_driver_and_reruns_leave_one_record_and_mlflow_run_
 @pytest.mark.slow
 def test_a_failing_grid_point_fails_the_sweep_once_and_is_named(tmp_path):
     sweep_dir = tmp_path / "null-fail"
-    out = subprocess.run(
-        sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "fail", "--no-dashboard"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    out = run_null_sweep(sweep_dir, "fail")
+    assert out.returncode == 1, tails(out)
     summary = summary_of(out.stdout)
     assert (summary["completed"], summary["failed"]) == (2, 1)
     (failure,) = summary["failures"]
@@ -374,17 +384,12 @@ def test_two_sweeps_side_by_side_a_second_driver_and_no_port_without_the_token(t
             assert time.time() < deadline, "the first sweep started no trial"
             time.sleep(0.1)
 
-        second = subprocess.run(
-            sweep_cmd("sweeps.loadtest", dirs[0], "--scale", "long", "--no-dashboard"),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        second = run_null_sweep(dirs[0], "long", timeout=300)
         assert second.returncode == 3, second.stderr[-3000:]
-        assert f"in use by driver pid {drivers[0].pid} on host {socket.gethostname()}" in (
-            second.stderr
-        )
+        holder = re.search(r"in use by driver pid (\d+) on host (\S+),", second.stderr)
+        assert holder and holder[2] == socket.gethostname(), second.stderr
+        # the driver is the first sweep's Ray job, a descendant of its command (docs/sweeps.md)
+        assert int(holder[1]) in _descendants(drivers[0].pid), second.stderr
 
         sockets = _listening([drivers[0].pid, *_descendants(drivers[0].pid)])
         exposed = sorted({port for addr, port, _ in sockets if addr not in LOOPBACK})
@@ -409,9 +414,7 @@ def test_two_sweeps_side_by_side_a_second_driver_and_no_port_without_the_token(t
             assert wait(driver, log) == 0, log.read_text()[-3000:]
     finally:
         for driver in drivers:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait()
+            stop(driver)
     for sweep_dir in dirs:
         assert sorted(statuses(sweep_dir).values()) == ["completed"] * 4
         assert not all_rows(sweep_dir).duplicated(KEY).any()
@@ -427,23 +430,11 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_own_checkpoint(tmp_path):
     sweep_dir = tmp_path / "continual-smoke"
     log = tmp_path / "driver.log"
     driver = start(sweep_cmd("continual", sweep_dir, "--no-dashboard"), log)
-    victim = None
     try:
-        deadline = time.time() + 300
-        while victim is None and time.time() < deadline:
-            assert driver.poll() is None, log.read_text()[-3000:]
-            point = _caught_between_checkpoints(sweep_dir, 18)  # 18: the last step
-            workers = _trial_workers(driver.pid) if point else []
-            for pid in workers:
-                os.kill(pid, signal.SIGKILL)
-            victim = point if workers else None
-            time.sleep(0.05)
-        assert victim is not None, "no trial was caught between two checkpoints"
+        victim = _kill_a_trial_mid_run(driver, log, sweep_dir, 18, time.time() + 300)  # 18: last
         assert wait(driver, log) == 0, log.read_text()[-3000:]
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
+        stop(driver)
 
     assert sorted(statuses(sweep_dir).values()) == ["completed"] * 4
     assert not all_rows(sweep_dir).duplicated(KEY).any()
@@ -466,14 +457,8 @@ def test_the_null_sweep_at_ci_scale_leaves_few_files_and_no_tune_logs(tmp_path):
     """The CI version of the scale test (benchmarks/bench_sweeps.py at 2,000 points): the null
     experiment's 6 points through the real driver; the files a sweep leaves per point."""
     sweep_dir = tmp_path / "null-ci"
-    out = subprocess.run(
-        sweep_cmd("sweeps.loadtest", sweep_dir, "--scale", "ci", "--no-dashboard"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = run_null_sweep(sweep_dir, "ci")
+    assert out.returncode == 0, tails(out)
     runs = sorted((sweep_dir / "runs").iterdir())
     assert len(runs) == 6
     for run_dir in runs:  # a finished null record: its status and one compacted chunk

@@ -20,26 +20,13 @@ from core.cloning import (
     param_groups,
 )
 from core.models import build_model
-from tests.core.cloning.tiny import batch, loss_of, tiny_config, trained_base
+from tests.core.cloning.tiny import batch, tiny_config, train, trained_base
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
     "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
     "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
 }
-
-
-def train(model, cfg, opt, steps, seed=0, grad_noise=0.0):
-    g = torch.Generator().manual_seed(seed + 999)
-    dtype = next(model.parameters()).dtype
-    for step in range(steps):
-        x, y = batch(cfg, 16, seed=seed + step, dtype=dtype)
-        opt.zero_grad()
-        loss_of(cfg, model(x), y).backward()
-        if grad_noise:
-            for p in model.parameters():
-                p.grad.add_(grad_noise * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        opt.step()
 
 
 # Widths whose clones are multiples of 8: float32 BLAS kernels treat a remainder of rows that does

@@ -17,7 +17,7 @@ from core.cloning import (
 )
 from core.models import ModelConfig, build_model
 from core.models.vit import Attention
-from tests.core.cloning.tiny import batch, loss_of, tiny_config, trained_base
+from tests.core.cloning.tiny import batch, tiny_config, train, trained_base
 
 VIT = {"embed_dim": 8, "n_heads": 2, "depth": 2, "patch_size": 4, "norm": "layer"}
 
@@ -27,13 +27,11 @@ def _vit(**kw) -> ModelConfig:
     return ModelConfig(arch="vit", in_shape=(3, 8, 8), num_classes=4, **{**VIT, **kw})
 
 
-def _train(model, cfg, opt, steps, seed=0):
-    dtype = next(model.parameters()).dtype
-    for step in range(steps):
-        x, y = batch(cfg, 16, seed=seed + step, dtype=dtype)
-        opt.zero_grad()
-        loss_of(cfg, model(x), y).backward()
-        opt.step()
+def _gaps(cfg, base, *others, seed):
+    """max |base(x) - other(x)| of each of `others` on one fresh batch, every model in eval mode."""
+    x, _ = batch(cfg, 16, seed=seed)
+    with torch.no_grad():
+        return [(base.eval()(x) - other.eval()(x)).abs().max().item() for other in others]
 
 
 def test_vit_at_p_zero_has_no_active_dropout_of_any_kind():
@@ -55,7 +53,7 @@ def test_cloned_vit_at_p_zero_stays_on_the_manifold_bitwise(optimizer):
         "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
         "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
     }[optimizer](clone.parameters())
-    _train(clone, cfg, opt, steps=50)
+    train(clone, cfg, opt, steps=50)
     assert manifold_distance(clone) == 0.0
     x, y = batch(cfg, 16, seed=99, dtype=torch.float32)
     assert cloning_score(clone.eval(), x, y)["r2c_mean"] == 1.0
@@ -65,7 +63,7 @@ def test_cloned_vit_with_dropout_leaves_and_the_score_says_so():
     cfg = _vit(dropout=0.1)  # attention dropout 0.1 too
     clone = expand(trained_base(cfg, dtype=torch.float32), 2).train()
     torch.manual_seed(0)  # dropout masks come from the global RNG
-    _train(clone, cfg, torch.optim.SGD(clone.parameters(), lr=0.05), steps=50)
+    train(clone, cfg, torch.optim.SGD(clone.parameters(), lr=0.05), steps=50)
     assert manifold_distance(clone) > 1e-4
     x, y = batch(cfg, 16, seed=99, dtype=torch.float32)
     scores = cloning_score(clone.eval(), x, y)
@@ -79,7 +77,7 @@ def test_copies_of_a_head_share_one_attention_mask_unless_asked(independent):
     cfg = _vit(dropout=0.0, attn_dropout=0.3, independent_head_masks=independent)
     clone = expand(trained_base(cfg, dtype=torch.float32), 2).train()
     torch.manual_seed(1)
-    _train(clone, cfg, torch.optim.SGD(clone.parameters(), lr=0.05), steps=10)
+    train(clone, cfg, torch.optim.SGD(clone.parameters(), lr=0.05), steps=10)
     if independent:
         assert manifold_distance(clone) > 1e-5
     else:
@@ -114,14 +112,11 @@ def test_adam_with_the_rule_tracks_the_base(arch):
     cfg = tiny_config(arch, "batch")
     base = trained_base(cfg).train()
     ruled, plain = expand(base, 2).train(), expand(base, 2).train()
-    _train(base, cfg, torch.optim.Adam(base.parameters(), lr=1e-2, eps=1e-8), steps=60)
-    _train(ruled, cfg, torch.optim.Adam(param_groups(ruled, 1e-2, rule="adam", eps=1e-8)), 60)
-    _train(plain, cfg, torch.optim.Adam(plain.parameters(), lr=1e-2, eps=1e-8), steps=60)
-    x, _ = batch(cfg, 16, seed=77)
-    base.eval(), ruled.eval(), plain.eval()
-    with torch.no_grad():
-        assert (base(x) - ruled(x)).abs().max().item() <= 1e-8
-        assert (base(x) - plain(x)).abs().max().item() > 1e-3
+    train(base, cfg, torch.optim.Adam(base.parameters(), lr=1e-2, eps=1e-8), steps=60)
+    train(ruled, cfg, torch.optim.Adam(param_groups(ruled, 1e-2, rule="adam", eps=1e-8)), 60)
+    train(plain, cfg, torch.optim.Adam(plain.parameters(), lr=1e-2, eps=1e-8), steps=60)
+    ruled_gap, plain_gap = _gaps(cfg, base, ruled, plain, seed=77)
+    assert ruled_gap <= 1e-8 and plain_gap > 1e-3
 
 
 def test_sgd_with_weight_decay_tracks_the_base_only_with_the_decay_rule():
@@ -129,19 +124,12 @@ def test_sgd_with_weight_decay_tracks_the_base_only_with_the_decay_rule():
     base = trained_base(cfg).train()
     ruled, lr_only = expand(base, 2).train(), expand(base, 2).train()
     wd = 0.1
-    _train(
-        base, cfg, torch.optim.SGD(base.parameters(), lr=0.05, momentum=0.9, weight_decay=wd), 60
-    )
-    _train(
-        ruled, cfg, torch.optim.SGD(param_groups(ruled, 0.05, weight_decay=wd), momentum=0.9), 60
-    )
+    train(base, cfg, torch.optim.SGD(base.parameters(), lr=0.05, momentum=0.9, weight_decay=wd), 60)
+    train(ruled, cfg, torch.optim.SGD(param_groups(ruled, 0.05, weight_decay=wd), momentum=0.9), 60)
     groups = param_groups(lr_only, 0.05)  # multipliers on the lr alone, decay on the optimizer
-    _train(lr_only, cfg, torch.optim.SGD(groups, momentum=0.9, weight_decay=wd), 60)
-    x, _ = batch(cfg, 16, seed=78)
-    base.eval(), ruled.eval(), lr_only.eval()
-    with torch.no_grad():
-        assert (base(x) - ruled(x)).abs().max().item() <= 1e-9
-        assert (base(x) - lr_only(x)).abs().max().item() > 1e-4
+    train(lr_only, cfg, torch.optim.SGD(groups, momentum=0.9, weight_decay=wd), 60)
+    ruled_gap, lr_only_gap = _gaps(cfg, base, ruled, lr_only, seed=78)
+    assert ruled_gap <= 1e-9 and lr_only_gap > 1e-4
 
 
 def test_rule_groups_by_hand():

@@ -42,14 +42,24 @@ def loss_of(cfg: ModelConfig, out: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return torch.nn.functional.cross_entropy(out, y)
 
 
+def train(model, cfg: ModelConfig, opt, steps: int, seed: int = 0, grad_noise: float = 0.0):
+    """`steps` steps of `opt` on batches of 16 seeded `seed + step`, in the model's dtype; with
+    `grad_noise`, that times a standard normal (a stream of its own) is added to every gradient."""
+    g = torch.Generator().manual_seed(seed + 999)
+    dtype = next(model.parameters()).dtype
+    for step in range(steps):
+        x, y = batch(cfg, 16, seed=seed + step, dtype=dtype)
+        opt.zero_grad()
+        loss_of(cfg, model(x), y).backward()
+        if grad_noise:
+            for p in model.parameters():
+                p.grad.add_(grad_noise * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        opt.step()
+
+
 def trained_base(cfg: ModelConfig, dtype=torch.float64, steps: int = 5) -> torch.nn.Module:
     """A base model trained a few Adam steps in train mode, so that every affine parameter and
     running statistic has left its initial value."""
     model = build_model(cfg, seed=0).to(dtype).train()
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for step in range(steps):
-        x, y = batch(cfg, 16, seed=100 + step, dtype=dtype)
-        opt.zero_grad()
-        loss_of(cfg, model(x), y).backward()
-        opt.step()
+    train(model, cfg, torch.optim.Adam(model.parameters(), lr=0.01), steps, seed=100)
     return model

@@ -123,7 +123,8 @@ class _Killed(Exception):
     pass
 
 
-def test_a_killed_trial_resumes_without_duplicating_or_losing_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["batched", "native"])
+def test_a_killed_trial_resumes_without_duplicating_or_losing_rows(tmp_path, monkeypatch, engine):
     cfg = Config(
         steps=6000,
         method=("sgd", "cbp"),
@@ -132,6 +133,7 @@ def test_a_killed_trial_resumes_without_duplicating_or_losing_rows(tmp_path, mon
         metrics_every=1000,
         checkpoint_every=2000,
         cbp=CBPSpec(replacement_rate=1e-2, maturity=50),
+        engine=engine,
     )
     run(cfg, RunRecord(tmp_path / "straight"))
 
@@ -224,6 +226,66 @@ def test_several_replacements_per_step_match_the_eager_run(rounding):
     for name in weights:
         torch.testing.assert_close(weights[name], eager[name], atol=1e-9, rtol=0)
     assert replaced[0] == eager_replaced[0] > 300
+
+
+NATIVE = ("sgd", "sgd_then_cbp", "cbp")
+
+
+@pytest.mark.parametrize(
+    "cbp",
+    [
+        CBPSpec(replacement_rate=1e-2, maturity=50),
+        CBPSpec(
+            replacement_rate=1e-2,
+            maturity=50,
+            util_type="adaptable_contribution",
+            rounding="bernoulli",
+            bias_correction=False,
+        ),
+        CBPSpec(replacement_rate=1e-2, maturity=50, util_type="random"),
+        CBPSpec(replacement_rate=0.3, maturity=20, util_type="zero_contribution"),  # up to 3 a step
+    ],
+    ids=["contribution", "adaptable-bernoulli", "random", "several-per-step"],
+)
+def test_the_native_loop_equals_the_batched_engine_and_the_eager_run(cbp):
+    """engine=native (the compiled loop) against engine=batched member for member in float64, and
+    against the plain eager run for the member that switches to CBP."""
+    cfg = Config(steps=4000, width=7, method=NATIVE, seed=(3, 4), dtype="float64", cbp=cbp,
+                 switch_step=1500, bin_size=500)  # fmt: skip
+    native, native_replaced = _final_weights(dataclasses.replace(cfg, engine="native"))
+    batched, batched_replaced = _final_weights(cfg)
+    for name in native:
+        torch.testing.assert_close(native[name], batched[name], atol=1e-12, rtol=0)
+    assert native_replaced.tolist() == batched_replaced.tolist()
+    assert native_replaced[:2].sum() == 0 and min(native_replaced[2:]) > 10
+    k = 2  # sgd_then_cbp, seed 3
+    eager, eager_replaced = _final_weights(_alone(cfg, cfg.members()[k], engine="eager"))
+    for name in native:
+        torch.testing.assert_close(native[name][k], eager[name][0], atol=1e-9, rtol=0)
+    assert native_replaced[k] == eager_replaced[0]
+
+
+def test_a_native_member_equals_the_native_run_of_it_alone_bit_for_bit():
+    cbp = CBPSpec(replacement_rate=2e-2, maturity=30)
+    cfg = Config(steps=3000, width=9, method=NATIVE, seed=(5, 6, 7), engine="native", cbp=cbp,
+                 switch_step=1000)  # fmt: skip
+    weights, replaced = _final_weights(cfg)
+    for k, member in enumerate(cfg.members()):
+        alone, alone_replaced = _final_weights(_alone(cfg, member))
+        for name in weights:
+            assert torch.equal(weights[name][k], alone[name][0]), (member.name, name)
+        assert replaced[k] == alone_replaced[0]
+
+
+def test_the_native_engine_refuses_what_it_does_not_run():
+    with pytest.raises(ValueError, match="valid: sgd, cbp, sgd_then_cbp"):
+        Config(engine="native", method=("adam",))
+    with pytest.raises(ValueError, match="activation=relu; got width=5, activation=tanh"):
+        Config(engine="native", activation="tanh")
+    with pytest.raises(ValueError, match="weight_decay=0"):
+        parse_overrides(Config, ["engine=native", "optimizer.weight_decay=0.1"])
+    with pytest.raises(ValueError, match="engine='turbo'; valid: batched, native, eager"):
+        Config(engine="turbo")
 
 
 def test_member_records_equal_the_eager_runs_records(tmp_path):

@@ -34,18 +34,14 @@ def _run(args, run_dir):
     return run_in_process(continual, args, run_dir)
 
 
+def _by_steps(task_length: int, more: str = "") -> list[str]:
+    """SMALL with tasks of `task_length` steps and the space-separated overrides `more`."""
+    return SMALL + ["task_unit=steps", f"task_length={task_length}", *more.split()]
+
+
 def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, one_thread):
-    args = SMALL + [
-        "task_unit=steps",
-        "task_length=120",
-        "log_every=5",
-        "probe_every=20",
-        "checkpoint_every=15",
-        "cbp.enabled=true",
-        "cbp.replacement_rate=0.05",
-        "cbp.maturity=5",
-        "seed=3",
-    ]
+    args = _by_steps(120, "log_every=5 probe_every=20 checkpoint_every=15 seed=3")
+    args += ["cbp.enabled=true", "cbp.replacement_rate=0.05", "cbp.maturity=5"]
     kills = kill_points(11, [range(20, 140, 15), range(150, 290, 15)], delay=0.15)
     expected = killed_and_resumed(continual, args, tmp_path, kills)
     replaced = expected[expected.metric == "cbp_replaced"].value.sum()
@@ -62,14 +58,8 @@ def _optimizer_state(state):
 
 @pytest.mark.parametrize("reset_state", [True, False])
 def test_head_and_its_optimizer_state_are_reset_at_each_task_start(tmp_path, reset_state):
-    args = SMALL + [
-        "task_unit=steps",
-        "task_length=10",
-        "num_tasks=2",
-        "model.dropout=0",
-        "keep_final_checkpoint=true",
-        f"reset_head_optimizer={str(reset_state).lower()}",
-    ]
+    args = _by_steps(10, "num_tasks=2 model.dropout=0 keep_final_checkpoint=true")
+    args.append(f"reset_head_optimizer={str(reset_state).lower()}")
     _, record = _run(args, tmp_path / "run")
     _, state = record.load_checkpoint()
     model = build_model(ModelConfig(**state["model_config"]))
@@ -97,7 +87,7 @@ def test_head_and_its_optimizer_state_are_reset_at_each_task_start(tmp_path, res
 def test_the_body_keeps_its_adam_moments_across_a_task_boundary(tmp_path, monkeypatch):
     # the state right after the first task ends, in a 2-task run (after the head reset) and in a
     # 1-task run (no reset): the body's step counts and both moments must be the same tensors
-    base = SMALL + ["task_unit=steps", "task_length=10", "model.dropout=0"]
+    base = _by_steps(10, "model.dropout=0")
     monkeypatch.setattr(RunRecord, "prune_checkpoints", lambda self, keep_final: None)
     _run(base + ["num_tasks=1"], tmp_path / "one")
     _run(base + ["num_tasks=2", "checkpoint_every=10"], tmp_path / "two")
@@ -136,7 +126,7 @@ def test_masked_accuracy_counts_a_sample_whose_largest_logit_is_outside_the_task
 
 
 def test_unmasked_accuracy_never_exceeds_the_masked_one(tmp_path):
-    _run(SMALL + ["task_unit=steps", "task_length=12", "log_every=3"], tmp_path / "run")
+    _run(_by_steps(12, "log_every=3"), tmp_path / "run")
     frame = load_metrics(tmp_path / "run")
     for split in ("train", "val"):
         rows = frame[(frame.split == split) & (frame.layer == "")]
@@ -163,7 +153,7 @@ def test_unmasked_accuracy_never_exceeds_the_masked_one(tmp_path):
 
 def test_task_length_in_steps_or_in_epochs(tmp_path):
     # 2 classes x 32 images per task, batch 16: an epoch is 4 steps
-    by_steps, _ = _run(SMALL + ["task_unit=steps", "task_length=3"], tmp_path / "steps")
+    by_steps, _ = _run(_by_steps(3), tmp_path / "steps")
     by_epochs, _ = _run(SMALL + ["task_unit=epochs", "task_length=2"], tmp_path / "epochs")
     assert by_steps["steps"] == 3 * 3 and by_epochs["steps"] == 3 * 2 * 4
     tasks = load_metrics(tmp_path / "epochs").query("metric == 'task'")
@@ -171,13 +161,7 @@ def test_task_length_in_steps_or_in_epochs(tmp_path):
 
 
 def test_a_diverging_run_ends_diverged_with_its_step(tmp_path):
-    args = SMALL + [
-        "task_unit=steps",
-        "task_length=50",
-        "optimizer.name=sgd",
-        "optimizer.lr=1e12",
-        "model.norm=none",
-    ]
+    args = _by_steps(50, "optimizer.name=sgd optimizer.lr=1e12 model.norm=none")
     summary, record = _run(args, tmp_path / "run")
     info = record.status_info
     assert info["status"] == "diverged" and isinstance(info["step"], int)
@@ -205,14 +189,7 @@ def test_an_unknown_key_fails_before_any_work_and_lists_the_valid_keys(tmp_path,
 
 def test_an_exploding_adam_run_ends_diverged_where_the_loss_crossed_the_ceiling(tmp_path):
     # Adam's steps are bounded by lr: at lr 1e6 the loss explodes but stays finite for a while
-    args = SMALL + [
-        "task_unit=steps",
-        "task_length=30",
-        "log_every=1",
-        "optimizer.lr=1e6",
-        "model.norm=none",
-        "model.dropout=0",
-    ]
+    args = _by_steps(30, "log_every=1 optimizer.lr=1e6 model.norm=none model.dropout=0")
     summary, record = _run(args, tmp_path / "ceiling")
     info = record.status_info
     assert info["status"] == "diverged" and "divergence ceiling" in info["reason"]
@@ -235,7 +212,7 @@ def test_checkpoint_minutes_checkpoints_by_wall_time(tmp_path, monkeypatch):
         "save_checkpoint",
         lambda self, step, state: (saved.append(step), save(self, step, state)),
     )
-    args = SMALL + ["task_unit=steps", "task_length=6", "log_every=2", "checkpoint_every=1000"]
+    args = _by_steps(6, "log_every=2 checkpoint_every=1000")
     _run(args, tmp_path / "steps")
     assert saved == [18]  # by steps: only the last step
     saved.clear()

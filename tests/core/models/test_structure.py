@@ -4,6 +4,8 @@ written out by hand from the paper's architecture description (paper §B.1.3).""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -56,6 +58,14 @@ def _describe(m: nn.Module) -> tuple:
     return (type(m).__name__,)
 
 
+def _cfg(arch: str, **fields) -> ModelConfig:
+    """A small `arch` model of 3 x 8 x 8 images and 3 classes, unless `fields` say otherwise."""
+    return ModelConfig(arch=arch, **{"in_shape": (3, 8, 8), "num_classes": 3, **fields})
+
+
+VIT = {"embed_dim": 8, "n_heads": 2, "depth": 1, "patch_size": 4}
+
+
 def _structure(cfg: ModelConfig) -> list[tuple]:
     model = build_model(cfg, seed=0)
     modules = dict(model.named_modules())
@@ -64,14 +74,7 @@ def _structure(cfg: ModelConfig) -> list[tuple]:
 
 
 def test_mlp_structure():
-    cfg = ModelConfig(
-        arch="mlp",
-        in_shape=(1, 2, 2),
-        num_classes=3,
-        hidden_sizes=(5, 4),
-        dropout=0.2,
-        norm="batch",
-    )
+    cfg = _cfg("mlp", in_shape=(1, 2, 2), hidden_sizes=(5, 4), dropout=0.2, norm="batch")
     assert _structure(cfg) == [
         ("flatten", "Flatten"),
         ("blocks.0.linear", "Linear", 4, 5, True),
@@ -84,15 +87,8 @@ def test_mlp_structure():
         ("blocks.1.drop", "Dropout", 0.2),
         ("head", "Linear", 4, 3, True),
     ]
-    after = ModelConfig(
-        arch="mlp",
-        in_shape=(4,),
-        num_classes=2,
-        hidden_sizes=(3,),
-        norm="layer",
-        norm_after_activation=True,
-        activation="leaky_relu",
-    )
+    after = _cfg("mlp", in_shape=(4,), num_classes=2, hidden_sizes=(3,), norm="layer")
+    after = dataclasses.replace(after, norm_after_activation=True, activation="leaky_relu")
     assert [s[0] for s in _structure(after)][1:4] == [
         "blocks.0.linear",
         "blocks.0.act",
@@ -103,15 +99,7 @@ def test_mlp_structure():
 
 
 def test_cnn_structure():
-    cfg = ModelConfig(
-        arch="cnn",
-        in_shape=(3, 8, 8),
-        num_classes=3,
-        conv_channels=(4, 6),
-        fc_hidden=(5,),
-        dropout=0.1,
-        norm="batch",
-    )
+    cfg = _cfg("cnn", conv_channels=(4, 6), fc_hidden=(5,), dropout=0.1, norm="batch")
     assert _structure(cfg) == [
         ("stages.0.conv", "Conv2d", 3, 4, (3, 3), (1, 1), (1, 1), True),
         ("stages.0.norm", "BatchNorm2d", 4, True, True, 1e-5),
@@ -127,27 +115,12 @@ def test_cnn_structure():
         ("fc.0.drop", "Dropout", 0.1),  # dropout only in the fully connected part
         ("head", "Linear", 5, 3, True),
     ]
-    layer = ModelConfig(
-        arch="cnn",
-        in_shape=(3, 8, 8),
-        num_classes=3,
-        conv_channels=(4,),
-        fc_hidden=(5,),
-        norm="layer",
-    )
+    layer = _cfg("cnn", conv_channels=(4,), fc_hidden=(5,), norm="layer")
     assert ("stages.0.norm", "GroupNorm", 1, 4, True) in _structure(layer)  # LN over C, H, W
 
 
 def test_resnet_structure():
-    cfg = ModelConfig(
-        arch="resnet",
-        in_shape=(3, 8, 8),
-        num_classes=3,
-        base_channels=4,
-        stage_blocks=(1, 1),
-        dropout=0.1,
-        norm="batch",
-    )
+    cfg = _cfg("resnet", base_channels=4, stage_blocks=(1, 1), dropout=0.1, norm="batch")
     bn = ("BatchNorm2d",)
     assert _structure(cfg) == [
         ("stem.0", "Conv2d", 3, 4, (3, 3), (1, 1), (1, 1), False),  # 3x3, stride 1, no max-pool
@@ -172,29 +145,12 @@ def test_resnet_structure():
         ("drop", "Dropout", 0.1),
         ("head", "Linear", 8, 3, True),
     ]
-    none = ModelConfig(
-        arch="resnet",
-        in_shape=(3, 8, 8),
-        num_classes=3,
-        base_channels=4,
-        stage_blocks=(1,),
-        norm="none",
-    )
+    none = _cfg("resnet", base_channels=4, stage_blocks=(1,), norm="none")
     assert ("stem.0", "Conv2d", 3, 4, (3, 3), (1, 1), (1, 1), True) in _structure(none)
 
 
 def test_vit_structure():
-    cfg = ModelConfig(
-        arch="vit",
-        in_shape=(3, 8, 8),
-        num_classes=3,
-        embed_dim=8,
-        n_heads=2,
-        depth=1,
-        patch_size=4,
-        mlp_ratio=4,
-        dropout=0.1,
-    )
+    cfg = _cfg("vit", **VIT, mlp_ratio=4, dropout=0.1)
     ln = ("LayerNorm", (8,), True, 1e-5)
     assert _structure(cfg) == [
         ("patch_embed", "Conv2d", 3, 8, (4, 4), (4, 4), (0, 0), True),
@@ -219,16 +175,7 @@ def test_vit_structure():
 
 def test_vit_residual_and_head_read_the_cls_token():
     """x + Attn(Norm1 x), then + MLP(Norm2 x), then the head on the final norm's CLS token."""
-    cfg = ModelConfig(
-        arch="vit",
-        in_shape=(3, 8, 8),
-        num_classes=3,
-        embed_dim=8,
-        n_heads=2,
-        depth=1,
-        patch_size=4,
-        dropout=0.0,
-    )
+    cfg = _cfg("vit", **VIT, dropout=0.0)
     model = build_model(cfg, seed=0).eval()
     block = model.blocks[0]
     x = torch.randn(2, 5, 8)

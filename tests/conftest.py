@@ -1,4 +1,4 @@
-"""Fixtures of the experiment tests."""
+"""Fixtures shared by the tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 @pytest.fixture
 def one_thread():
-    """Bit-exact comparisons with a killed subprocess, which runs with OMP_NUM_THREADS=1."""
+    """One torch thread: bit-exact comparisons with a killed subprocess (which runs with
+    OMP_NUM_THREADS=1), and small runs on a shared machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
