@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
@@ -101,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="HOST:PORT",
                 help="run the driver in this process against the running Ray cluster at "
                 "HOST:PORT (what the driver's Ray job runs)",
+            )
+            sub.add_argument(
+                "--command-pid",
+                type=int,
+                metavar="PID",
+                help="with --ray-address: the command that submitted this driver job; the driver "
+                "ends when that process is gone (sweeps.ray_job.end_with)",
             )
             sub.add_argument(
                 "--extend",
@@ -245,7 +253,8 @@ def _run_as_job(
         print(head.how_to_open(), flush=True)
         command = [sys.executable, "-m", "sweeps", args.command, args.study]
         command += ["--scale", args.scale, "--sweep-dir", str(sweep_dir)]
-        command += ["--ray-address", head.address, *(["--extend"] if args.extend else [])]
+        command += ["--ray-address", head.address, "--command-pid", str(os.getpid())]
+        command += ["--extend"] if args.extend else []
         command += [f"--only={item}" for item in args.only] + override_items
         metadata = {"study": args.study, "scale": args.scale, "sweep_dir": str(sweep_dir)}
         job = submission_id(sweep_dir.name)
@@ -297,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_as_job(args, sweep_dir, overrides, override_items)
     if args.ray_address is not None:  # a driver job inherits the head's ignored SIGINT: Ray's
         signal.signal(signal.SIGINT, signal.default_int_handler)  # stop is a SIGINT
+    if args.command_pid is not None:
+        from sweeps.ray_job import end_with
+
+        end_with(args.command_pid)
     summary = run_sweep(
         args.study,
         args.scale,

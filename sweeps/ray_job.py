@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
@@ -86,6 +87,27 @@ class _LogFollower(threading.Thread):
             rest = self.client.get_job_logs(self.job)[self.written :]
         sys.stdout.write(rest)
         sys.stdout.flush()
+
+
+def end_with(pid: int, poll_s: float = 1.0) -> threading.Thread:
+    """End this process (exit status 1) as soon as process `pid` is gone: a driver job whose
+    command was killed (SIGKILL, and with it the local head it started) would otherwise live on,
+    holding the sweep's lock, until Ray noticed its head gone. Its records stay resumable."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                print(f"the sweep's command (pid {pid}) is gone: the driver ends", flush=True)
+                os._exit(1)
+            except PermissionError:  # alive, another user's: cannot be ours, but alive
+                pass
+
+    thread = threading.Thread(target=watch, name="end-with-command", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_driver_job(address: str, entrypoint: str, job: str, metadata: Mapping[str, str]) -> int:
