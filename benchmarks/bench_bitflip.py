@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from core.experiments.bitflip import Config, build, run, train
+from core.run.config import experiment_config
 from core.run.record import RunRecord
 from sweeps.costs import write_costs
 from sweeps.studies import bitflip as study
@@ -87,15 +88,7 @@ def paper_costs() -> list[dict]:
     space = {**study.base_config(), **study.param_space("paper")}
     entries = []
     for width in space["width"]["grid_search"]:
-        cfg = Config(
-            width=width,
-            method=space["method"],
-            lr=space["lr"],
-            seed=space["seed"],
-            engine=space["engine"],
-            metrics_every=space["metrics_every"],
-            bin_size=space["bin_size"],
-        )
+        cfg = experiment_config("bitflip", {**space, "width": width})
         times = []
         for steps in (1000, *LENGTHS):  # the first: a warm-up (compiles the loop)
             with tempfile.TemporaryDirectory() as tmp:

@@ -78,6 +78,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def image_args(spec: SyntheticSpec, batch: int, device: torch.device, arch: str) -> list[str]:
+    """The overrides of an image experiment on `spec`'s synthetic images."""
+    sizes = ("channels", "size", "classes", "train_per_class", "test_per_class")
+    return [
+        "dataset=synthetic",
+        *(f"synthetic.{k}={getattr(spec, k)}" for k in sizes),
+        f"batch_size={batch}",
+        f"device={device}",
+        f"model.arch={arch}",
+    ]
+
+
 def _timed_run(module, args: list[str], device: torch.device, clock) -> float:
     """Seconds of one complete run in a fresh record."""
     cfg = parse_overrides(module.Config, args)
@@ -180,20 +192,9 @@ def cost_entries(archs, batch: int, device, clock) -> list[dict]:
     for (name, phase), ((c, size, classes, per_class), lengths, extra) in COST_RUNS.items():
         module = cloning if name == "cloning" else continual
         for arch in archs:
-            args = [
-                "dataset=synthetic",
-                f"synthetic.channels={c}",
-                f"synthetic.size={size}",
-                f"synthetic.classes={classes}",
-                f"synthetic.train_per_class={per_class}",
-                "synthetic.test_per_class=2",
-                f"batch_size={batch}",
-                f"device={device}",
-                f"model.arch={arch}",
-                "probe_every=100000",
-                "probe_size=10",
-                "checkpoint_every=100000",
-            ]
+            spec = SyntheticSpec(c, size, classes, per_class, test_per_class=2)
+            args = image_args(spec, batch, device, arch)
+            args += ["probe_every=100000", "probe_size=10", "checkpoint_every=100000"]
             if name == "cloning":
                 args += ["clone_epochs=1"] if phase == "base" else ["base_epochs=0"]
             else:
@@ -300,17 +301,7 @@ def main() -> None:
             classes, train_per_class, test_per_class, lengths, length_key = SETUPS[name]
             spec = SyntheticSpec(channels, size, classes, train_per_class, test_per_class)
             data = load_images("synthetic", synthetic=spec, device=device)
-            run_args = [
-                "dataset=synthetic",
-                f"synthetic.channels={channels}",
-                f"synthetic.size={size}",
-                f"synthetic.classes={classes}",
-                f"synthetic.train_per_class={train_per_class}",
-                f"synthetic.test_per_class={test_per_class}",
-                f"batch_size={args.batch}",
-                f"device={device}",
-                f"model.arch={arch}",
-            ]
+            run_args = image_args(spec, args.batch, device, arch)
             model_cfg = ModelSpec(arch=arch).model_config(data.shape, data.num_classes)
             base = build_model(model_cfg, seed=seed_for(0, "init")).to(device)
             if name == "continual":

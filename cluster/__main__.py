@@ -71,20 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     overrides = parse_config_overrides(args.study, args.scale, config)
     sweep_dir = args.sweep_dir or default_sweep_dir(args.study, args.scale, overrides)
-    result = submit_sweep(
-        args.study,
-        args.scale,
-        sweep_dir,
-        profile=args.profile,
-        nodes=args.nodes,
-        dry_run=args.dry_run,
-        extend=args.extend,
-        slurm=args.slurm,
-        sbatch=args.sbatch,
-        setup=args.setup,
-        requeue=args.requeue,
-        config=config,
-    )
+    options = ("profile", "nodes", "dry_run", "extend", "slurm", "sbatch", "setup", "requeue")
+    options = {name: getattr(args, name) for name in options}
+    result = submit_sweep(args.study, args.scale, sweep_dir, config=config, **options)
     if args.dry_run:
         print(result)
     else:

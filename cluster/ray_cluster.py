@@ -178,8 +178,11 @@ def ray_environment(token_file: Path) -> dict[str, str]:
         # Ray drains a node on SIGTERM (up to 30 s) for Ray Serve's sake; a sweep has nothing to
         # drain, and a worker whose head is gone would wait out the whole timeout.
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-        # Ray's two Prometheus exporters listen on fixed ports (44217, 44227) of all interfaces
-        # without the token and cannot be switched off: an invalid port keeps them from starting.
+        # Ray's Prometheus exporters serve without the token on all interfaces: each node's
+        # dashboard agent on --metrics-export-port, which metrics collection being off keeps
+        # closed (as for a local head), and two on fixed ports (44217, 44227) that cannot be
+        # switched off: an invalid port keeps them from starting.
+        "RAY_enable_metrics_collection": "false",
         "AUTOSCALER_METRIC_PORT": NO_PORT,
         "DASHBOARD_METRIC_PORT": NO_PORT,
         **JOB_ENV,  # the driver's Ray job stops on SIGINT, Tune's graceful stop

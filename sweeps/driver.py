@@ -100,30 +100,20 @@ def parse_config_overrides(study: str, scale: str, items: Sequence[str]) -> dict
     """`key=value` overrides of the study's base config (the command line's), each value parsed
     as the key's type; an unknown key, a bad value or a grid axis (select those with `--only`)
     raises ValueError. Every point's config is validated with them by `plan`."""
-    from core.run.config import field_types, parse_value
+    from core.run.config import parse_assignments
     from sweeps.trainable import experiment_of
 
     module = load_study(study)
     check_scale(module, scale)
-    types = field_types(experiment_of(module).Config)
+    overrides = parse_assignments(experiment_of(module).Config, items)
     space = {**module.base_config(), **module.param_space(scale)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{item!r}: expected KEY=VALUE")
-        if key not in types:
-            raise ValueError(f"{key}={text}: unknown key; valid keys: {', '.join(types)}")
+    for key in overrides:
         if is_grid(space.get(key)):
             raise ValueError(
                 f"{key} is a grid axis of {study} (scale {scale}); choose its values with "
                 f"--only {key}=V1,V2"
             )
-        try:
-            out[key] = parse_value(text, types[key])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{key}={text}: {err}") from None
-    return out
+    return overrides
 
 
 def resolved_space(study: str, scale: str, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -411,12 +401,13 @@ def run_sweep(
         prefixes = set(trials) - set(points)
         chosen |= {Path(trials[p]["base_from"]).name for p in chosen if "base_from" in trials[p]}
         manifest = open_manifest(sweep_dir, study, scale, space, trials, extend)
-        pending = [p for p in sorted(chosen) if not _finished(sweep_dir, p)]
+        stages = pending_stages(sweep_dir, trials, prefixes, chosen)
+        pending = sum(map(len, stages))
         print(
             f"sweep {study} (scale {scale}) in {sweep_dir}: {len(points)} points"
             + (f" and {len(prefixes)} shared prefixes" if prefixes else "")
             + (f", {len(chosen)} selected by --only" if only else "")
-            + f", {len(chosen) - len(pending)} finished, {len(pending)} to run",
+            + f", {len(chosen) - pending} finished, {pending} to run",
             flush=True,
         )
         errors: dict[str, str] = {}
@@ -429,11 +420,10 @@ def run_sweep(
             mirror.start()
         try:
             if pending:
-                first = {p: trials[p] for p in pending if p in prefixes}
                 errors = _fit(
                     module,
                     sweep_dir,
-                    [first, {p: trials[p] for p in pending if p not in first}],
+                    stages,
                     scale=scale,
                     axes=[k for k, v in space.items() if is_grid(v)],
                     run_number=len(manifest["runs"]),
@@ -447,6 +437,18 @@ def run_sweep(
             if mirror is not None:
                 mirror.stop()
         return summarize(sweep_dir, errors, trials, chosen)
+
+
+def pending_stages(
+    sweep_dir: Path, trials: Mapping[str, dict], prefixes: set[str], chosen: set[str]
+) -> list[dict[str, dict]]:
+    """The chosen `trials` whose records are not finished, in the two Tuners' stages: the shared
+    prefixes, then the other trials. Each stage keeps the grid's order, in which Tune starts its
+    trials: a study lists its longest trials first (the bit-flip widths), so that they do not
+    start last."""
+    pending = {p: v for p, v in trials.items() if p in chosen and not _finished(sweep_dir, p)}
+    first = {p: v for p, v in pending.items() if p in prefixes}
+    return [first, {p: v for p, v in pending.items() if p not in first}]
 
 
 def _blocked(sweep_dir: Path, points: dict[str, dict], errors: dict[str, str]) -> dict[str, dict]:
@@ -527,8 +529,7 @@ def _fit(
             )
             tuner = tune.Tuner(
                 trainable,
-                # in the grid's order: Tune starts trials in it, and a study lists its longest
-                # trials first (the bit-flip widths), so that they do not start last
+                # in the grid's order (`pending_stages`)
                 param_space={"point": tune.grid_search(list(points))},
                 # a fresh actor per trial: its name (set once, at creation) is its grid point's
                 tune_config=tune.TuneConfig(reuse_actors=False),

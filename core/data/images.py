@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,30 +137,41 @@ def _cifar_missing(name: str, root: Path, detail: str) -> str:
     )
 
 
-def _download_lock(folder: Path):
-    """The lock that serialises downloads into `folder` (torchvision's archive names are fixed)."""
-    return locked(cache_folder("downloads") / f"{path_key(folder)}.lock")
+def _fetch_missing(
+    folder: Path,
+    files: Sequence[str],
+    fetch: Callable[[], None],
+    message: Callable[[str], str],
+    download: bool,
+) -> None:
+    """Fetch `files` into `folder` with `fetch()` if some are missing and `download` is true,
+    under the folder's download lock (torchvision's archive names are fixed); raises
+    FileNotFoundError(message(what went wrong)) if any is still missing."""
+
+    def missing() -> list[str]:
+        return [f for f in files if not (folder / f).is_file()]
+
+    if missing() and download:
+        with locked(cache_folder("downloads") / f"{path_key(folder)}.lock"):
+            if missing():  # else another process fetched it while this one waited
+                try:
+                    fetch()
+                except Exception as err:  # no network, proxy, checksum: say what to do instead
+                    raise FileNotFoundError(message(f"download failed ({err})")) from err
+    if absent := missing():
+        raise FileNotFoundError(message(f"missing {', '.join(absent)}"))
 
 
 def _prepare_cifar(name: str, root: Path, download: bool) -> None:
     spec = _CIFAR[name]
-    folder = root / spec["folder"]
 
-    def missing() -> list[str]:
-        return [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
-
-    if missing() and download:
+    def fetch() -> None:
         import torchvision.datasets
 
-        with _download_lock(folder):
-            if missing():  # else another process fetched it while this one waited
-                try:
-                    getattr(torchvision.datasets, spec["torchvision"])(str(root), download=True)
-                except Exception as err:  # no network, proxy, checksum: say what to do instead
-                    detail = f"download failed ({err})"
-                    raise FileNotFoundError(_cifar_missing(name, root, detail)) from err
-    if absent := missing():
-        raise FileNotFoundError(_cifar_missing(name, root, f"missing {', '.join(absent)}"))
+        getattr(torchvision.datasets, spec["torchvision"])(str(root), download=True)
+
+    folder, files = root / spec["folder"], spec["train"] + spec["test"]
+    _fetch_missing(folder, files, fetch, lambda why: _cifar_missing(name, root, why), download)
 
 
 def _read_cifar(name: str, root: Path) -> tuple[torch.Tensor, ...]:
@@ -181,28 +193,20 @@ def _read_cifar(name: str, root: Path) -> tuple[torch.Tensor, ...]:
 def _prepare_mnist(root: Path, download: bool) -> None:
     raw = root / "MNIST" / "raw"
 
-    def missing() -> list[str]:
-        return [f for f in _MNIST_FILES if not (raw / f).is_file()]
-
-    if missing() and download:
+    def fetch() -> None:
         import torchvision.datasets
 
-        with _download_lock(raw):
-            if missing():
-                try:
-                    for train in (True, False):
-                        torchvision.datasets.MNIST(str(root), train=train, download=True)
-                except Exception as err:
-                    raise FileNotFoundError(
-                        f"mnist not found in {raw} and the download failed ({err}); put the four "
-                        "idx files (train/t10k images and labels) there"
-                    ) from err
-    if absent := missing():
-        raise FileNotFoundError(
-            f"mnist not found: missing {', '.join(absent)} in {raw}. Put the four uncompressed "
-            "idx files of http://yann.lecun.com/exdb/mnist/ there, or point LOP_DATA at the "
-            "folder that holds MNIST/raw; with network access, download=true fetches them."
+        for train in (True, False):
+            torchvision.datasets.MNIST(str(root), train=train, download=True)
+
+    def message(why: str) -> str:
+        return (
+            f"mnist not found in {raw}: {why}. Put the four uncompressed idx files of "
+            "http://yann.lecun.com/exdb/mnist/ there, or point LOP_DATA at the folder that holds "
+            "MNIST/raw; with network access, download=true fetches them."
         )
+
+    _fetch_missing(raw, _MNIST_FILES, fetch, message, download)
 
 
 def _read_mnist(root: Path) -> tuple[torch.Tensor, ...]:

@@ -27,6 +27,16 @@ from core.diagnose.diagnosis import MODES, diagnose
 from core.run.cli import user_error
 
 LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+# the options passed to `diagnose` under their own names
+DIAGNOSE_OPTIONS = (
+    "tolerance",
+    "frozen_eps",
+    "frozen_fraction",
+    "lanczos_steps",
+    "lr",
+    "escape_steps",
+    "mode",
+)
 
 
 def _factory_model(spec: str, state_dict: Path | None) -> nn.Module:
@@ -50,23 +60,6 @@ def _batch_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, dict) or not {"inputs", "targets"} <= set(batch):
         raise ValueError(f"{path} must hold a dict with 'inputs' and 'targets' tensors")
     return batch["inputs"], batch["targets"]
-
-
-def _dataset_batch(
-    checkpoint: Path, dataset: str | None, root: str | None, samples: int, seed: int
-):
-    from core.data import SyntheticSpec, load_images
-    from core.theory.report import run_config
-
-    run = run_config(checkpoint)
-    dataset = dataset or run.get("dataset")
-    if dataset is None:
-        raise ValueError(f"{checkpoint} is not inside a run record: pass --dataset or --batch")
-    synthetic = SyntheticSpec(**run["synthetic"]) if run.get("synthetic") else None
-    data = load_images(dataset, root or run.get("data_root"), synthetic=synthetic)
-    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
-    idx = idx[:samples]
-    return data.inputs(data.train_x[idx]).double(), data.train_y[idx]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -99,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("give either a CHECKPOINT or --model pkg.module:factory")
     try:
         if args.checkpoint is not None:
-            from core.theory.report import load_model
+            from core.theory.report import load_model, training_batch
 
             if not args.checkpoint.is_file():
                 raise ValueError(f"no checkpoint at {args.checkpoint}")
@@ -109,27 +102,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.batch is not None:
             x, y = _batch_file(args.batch)
         elif args.checkpoint is not None:
-            x, y = _dataset_batch(
-                args.checkpoint, args.dataset, args.data_root, args.samples, args.seed
+            generator = torch.Generator().manual_seed(args.seed)
+            _, x, y = training_batch(
+                args.checkpoint,
+                args.dataset,
+                args.data_root,
+                args.samples,
+                generator,
+                "--dataset or --batch",
             )
         else:
             raise ValueError("--model needs --batch (a torch.save'd dict of inputs and targets)")
         model = model.to(args.device)
         layers = args.layers.split(",") if args.layers else None
-        report = diagnose(
-            model,
-            x.to(args.device),
-            y.to(args.device),
-            LOSSES[args.loss],
-            layers,
-            tolerance=args.tolerance,
-            frozen_eps=args.frozen_eps,
-            frozen_fraction=args.frozen_fraction,
-            lanczos_steps=args.lanczos_steps,
-            lr=args.lr,
-            escape_steps=args.escape_steps,
-            mode=args.mode,
-        )
+        x, y = x.to(args.device), y.to(args.device)
+        options = {name: getattr(args, name) for name in DIAGNOSE_OPTIONS}
+        report = diagnose(model, x, y, LOSSES[args.loss], layers, **options)
     except (KeyError, ValueError, FileNotFoundError) as err:
         user_error(parser.prog, err)
     text = report.to_markdown()

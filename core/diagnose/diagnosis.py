@@ -35,16 +35,7 @@ from core.metrics.partition import (
 )
 from core.metrics.probe import ACTIVATION_TYPES, NORM_TYPES, WEIGHT_TYPES, select_layers
 from core.theory.manifold import CloneStructure
-from core.theory.stability import (
-    MODES,
-    escape_rate,
-    model_loss,
-    normal_hessian_spectrum,
-    predicted_rate,
-    required_steps,
-)
-
-STATES = ("block-constant", "equitable", "off", "no clones")
+from core.theory.stability import MODES, analyse_stability, model_loss
 
 
 @dataclass(frozen=True)
@@ -422,22 +413,20 @@ def _stability(
         work = work.to(dtype)
         x = inputs.to(dtype) if inputs.is_floating_point() else inputs
         targets = targets.to(dtype) if targets.is_floating_point() else targets
-    loss = model_loss(work, x, targets, loss_fn)
-    spectrum = normal_hessian_spectrum(work, loss, steps, gen, structure=structure)
+    s = analyse_stability(
+        work,
+        lambda m: model_loss(m, x, targets, loss_fn),
+        steps,
+        lr,
+        gen,
+        structure,
+        escape_steps,
+        0,
+        eps,
+    )
+    spectrum, result = s.spectrum, s.escape
     escape = None
-    if escape_steps > 0:
-        result = escape_rate(
-            work,
-            lambda m: model_loss(m, x, targets, loss_fn),
-            eps,
-            escape_steps,
-            lr,
-            gen,
-            direction=spectrum.min_direction,
-            structure=structure,
-            removed=spectrum.removed,
-            curvature=spectrum.lambda_min,
-        )
+    if result is not None:
         escape = {
             "steps": escape_steps,
             "eps": eps,
@@ -456,8 +445,8 @@ def _stability(
         reduced_dimension=spectrum.reduced_dimension,
         ritz_values=spectrum.ritz_values.tolist(),
         lr=lr,
-        predicted_rate_softest=math.log(max(abs(1.0 - lr * spectrum.lambda_min), 1e-300)),
-        predicted_rate=predicted_rate(spectrum.ritz_values, lr),
-        required_steps=required_steps(lr, spectrum.lambda_min),
+        predicted_rate_softest=s.predicted_rate_softest,
+        predicted_rate=s.predicted_rate,
+        required_steps=s.required_steps,
         escape=escape,
     )

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.data.bitflip import FLIPS, THRESHOLDS, BitFlipProblem, BitFlipStream
+from core.experiments import bitflip_native
 from core.experiments.bitflip_engines import (
     ENGINE_ACTIVATIONS,
     METHODS,
@@ -168,7 +169,8 @@ class Config:
         self.problem()  # validates the problem's fields
 
     def _check_native(self) -> None:
-        """engine=native runs relu learners with plain SGD and CBP (`bitflip_native`)."""
+        """engine=native runs relu learners with plain SGD and CBP, compiled by the C compiler
+        (`bitflip_native`)."""
         unsupported = [m for m in self.method if m not in NATIVE_METHODS]
         if unsupported:
             raise ValueError(
@@ -185,6 +187,7 @@ class Config:
                 "engine=native runs plain SGD: optimizer.weight_decay=0 and shrink_perturb "
                 "disabled (engine=batched runs both)"
             )
+        bitflip_native.check_compiler()
 
     def problem(self) -> BitFlipProblem:
         return BitFlipProblem(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -39,13 +39,12 @@ from core.models.blocks import LEAKY_RELU_SLOPE
 from core.optim import (
     CBPState,
     ContinualBackprop,
-    ElementwiseAdam,
-    NoisySGD,
     ShrinkPerturb,
     elementwise_adam_step,
     noise_size,
     uniform_rows,
 )
+from core.run.build import build_optimizer
 from core.run.seeds import seed_for
 from core.run.specs import CBPSpec, OptimizerSpec, ShrinkPerturbSpec
 
@@ -137,18 +136,13 @@ class LearnerSettings:
         """The first step with CBP for `method`, or None."""
         return {"start": 0, "switch": self.switch_step, None: None}[METHODS[method][1]]
 
+    def cbp_options(self) -> dict[str, Any]:
+        """The `cbp.*` settings of `CBPState` (all but `enabled` and `bias_correction`)."""
+        skip = ("enabled", "bias_correction")
+        return {f.name: getattr(self.cbp, f.name) for f in fields(self.cbp) if f.name not in skip}
+
     def cbp_state(self, members: int) -> CBPState:
-        c = self.cbp
-        return CBPState(
-            members,
-            self.width,
-            replacement_rate=c.replacement_rate,
-            decay=c.decay,
-            maturity=c.maturity,
-            util_type=c.util_type,
-            rounding=c.rounding,
-            dtype=self.dtype,
-        )
+        return CBPState(members, self.width, dtype=self.dtype, **self.cbp_options())
 
 
 def _cbp_layer_generator(seed: int) -> torch.Generator:
@@ -168,24 +162,17 @@ class _Group:
         self.n = n = len(members)
         models = [build_model(s.model_config(), seed=seed_for(m.seed, "init")) for m in members]
 
-        def stacked(name: str) -> torch.Tensor:
-            return torch.stack([m.get_parameter(name).detach() for m in models]).to(s.dtype)
+        def stacked(name: str) -> torch.Tensor:  # weights (n, out, in), biases (n, out, 1)
+            t = torch.stack([m.get_parameter(name).detach() for m in models]).to(s.dtype)
+            return t if t.dim() == 3 else t[..., None]
 
         self.hidden = s.width > 0
+        layers = ["fc1", "fc2"] if self.hidden else ["fc"]  # fc1: (n, h, d); fc2, fc: (n, 1, .)
+        self.names = [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
+        self.params = [stacked(name) for name in self.names]
         if self.hidden:
-            self.w1 = stacked("fc1.weight")  # (n, h, d)
-            self.b1 = stacked("fc1.bias")[..., None]  # (n, h, 1)
-            self.w2 = stacked("fc2.weight")  # (n, 1, h)
-            self.b2 = stacked("fc2.bias")[..., None]  # (n, 1, 1)
-            self.params = [self.w1, self.b1, self.w2, self.b2]
+            self.w1, self.b1, self.w2, self.b2 = self.params
             self.act, self.act_grad = ENGINE_ACTIVATIONS[s.activation]
-        else:
-            self.params = [stacked("fc.weight"), stacked("fc.bias")[..., None]]  # (n,1,d) (n,1,1)
-        self.names = (
-            ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
-            if self.hidden
-            else ["fc.weight", "fc.bias"]
-        )
         self.lr = torch.tensor([m.lr for m in members], dtype=torch.float64).view(n, 1, 1)
         self.neg_lr = (-self.lr).to(s.dtype)
         opt = s.optimizer
@@ -235,11 +222,18 @@ class _Group:
             for k, g in enumerate(self.sp_generators):
                 self._sp_noise[:, k] = torch.randn(n, size, generator=g, dtype=s.dtype)
         if self.cbp is not None:
-            first = max(start, self.cbp_start)
-            active = max(0, start + n - first)  # steps of this chunk with CBP
-            per_step = self.cbp.draws_per_step(s.input_dim)
+            self._draw_cbp(start, n, [self.cbp_start] * self.n)
+
+    def _draw_cbp(self, start: int, n: int, firsts: list[int | None]) -> None:
+        """Member k's CBP draws of its steps from `firsts[k]` on (None: no CBP) in this chunk,
+        as a single run draws them; the rows of earlier steps are never read."""
+        s = self.settings
+        per_step = self.cbp.draws_per_step(s.input_dim)
+        if self._draws is None or len(self._draws) != n:
             self._draws = torch.zeros(n, self.n, per_step, dtype=s.dtype)
-            for k, g in enumerate(self.cbp_generators):
+        for k, (g, first) in enumerate(zip(self.cbp_generators, firsts)):
+            active = 0 if first is None else max(0, start + n - max(start, first))
+            if active:
                 self._draws[n - active :, k] = torch.rand(
                     active, per_step, generator=g, dtype=s.dtype
                 )
@@ -465,23 +459,14 @@ class _NativeGroup(_Group):
         super().__init__(settings, "sgd", members)
         self.w1t = self.w1.transpose(1, 2).contiguous()  # (n, d, h)
         self.w1 = self.params[0] = self.w1t.transpose(1, 2)
-        starts = [settings.cbp_start(m.method) for m in members]
-        self.starts = torch.tensor([-1 if s is None else s for s in starts], dtype=torch.int64)
+        self.firsts = [settings.cbp_start(m.method) for m in members]
+        self.starts = torch.tensor([-1 if s is None else s for s in self.firsts])
         self.cbp = settings.cbp_state(self.n)
         self.neg2lr = (2.0 * self.neg_lr).reshape(self.n).contiguous()  # as err * (2 * -lr)
 
     def begin_chunk(self, start: int, n: int) -> None:
         """Each CBP member's draws of its CBP steps in this chunk, as a single run draws them."""
-        s = self.settings
-        per_step = self.cbp.draws_per_step(s.input_dim)
-        if self._draws is None or len(self._draws) != n:  # kept: read only from CBP's start
-            self._draws = torch.empty(n, self.n, per_step, dtype=s.dtype)
-        for k, (g, first) in enumerate(zip(self.cbp_generators, self.starts.tolist())):
-            active = 0 if first < 0 else max(0, start + n - max(start, first))
-            if active:
-                self._draws[n - active :, k] = torch.rand(
-                    active, per_step, generator=g, dtype=s.dtype
-                )
+        self._draw_cbp(start, n, self.firsts)
 
     def train_steps(self, start: int, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
         bitflip_native.run_steps(
@@ -595,26 +580,8 @@ class EagerBitFlip:
         self.model: nn.Module = build_model(s.model_config(), seed=seed_for(member.seed, "init"))
         self.model.to(s.dtype)
         params = list(self.model.parameters())
-        opt = s.optimizer
-        if member.optimizer == "adam" and opt.adam_step == "element":
-            self.optimizer = ElementwiseAdam(
-                params, lr=member.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
-            )
-        elif member.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(
-                params, lr=member.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
-            )
-        elif member.optimizer == "noisy_sgd":
-            self.optimizer = NoisySGD(
-                params,
-                lr=member.lr,
-                sigma0=opt.sigma0,
-                decay=opt.decay,
-                weight_decay=opt.weight_decay,
-                generator=member_stream(member.seed, "noise"),
-            )
-        else:
-            self.optimizer = torch.optim.SGD(params, lr=member.lr, weight_decay=opt.weight_decay)
+        spec = replace(s.optimizer, name=member.optimizer, lr=member.lr)  # momentum 0 (bit flip)
+        self.optimizer = build_optimizer(spec, params, member_stream(member.seed, "noise"))
         sp = s.shrink_perturb
         self.shrink_perturb = (
             ShrinkPerturb(
@@ -630,16 +597,11 @@ class EagerBitFlip:
         self.cbp: ContinualBackprop | None = None
 
     def _start_cbp(self) -> None:
-        c = self.settings.cbp
         self.cbp = ContinualBackprop(
             self.model,
             self.optimizer,
-            replacement_rate=c.replacement_rate,
-            decay=c.decay,
-            maturity=c.maturity,
-            util_type=c.util_type,
-            rounding=c.rounding,
-            bias_correction=c.bias_correction,
+            **self.settings.cbp_options(),
+            bias_correction=self.settings.cbp.bias_correction,
             generator=member_stream(self.member.seed, "cbp"),
         )
 

@@ -13,11 +13,11 @@ It reads and writes the same tensors the batched engine keeps (the stacked weigh
 age/util/mean/counts), so checkpoints, probes and records are the batched engine's.
 
 The C source is compiled once per machine with the system C compiler (`cc`, or `$CC`) into
-`$XDG_CACHE_HOME/lop-bitflip/` (default `~/.cache`); without a compiler `engine=native` fails at
-build time with the compiler's message. IEEE arithmetic throughout (no -ffast-math, no FMA
-contraction), a fixed summation order per member: member k's numbers do not depend on the other
-members (tested: member k of an ensemble equals member k alone bit for bit, and the plain eager run
-to 1e-9 in float64).
+`$XDG_CACHE_HOME/lop-bitflip/` (default `~/.cache`); a config with `engine=native` is refused
+while it is built (`check_compiler`) when the compiler is not on PATH. IEEE arithmetic throughout
+(no -ffast-math, no FMA contraction), a fixed summation order per member: member k's numbers do
+not depend on the other members (tested: member k of an ensemble equals member k alone bit for
+bit, and the plain eager run to 1e-9 in float64).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import hashlib
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -195,8 +196,20 @@ SOURCE = (
 _LIBRARY: ctypes.CDLL | None = None
 
 
-def _compile() -> ctypes.CDLL:
+def check_compiler() -> str:
+    """The C compiler the loop is built with (`$CC`, else `cc`); ValueError when it is not on
+    PATH, so that `engine=native` is refused before any work starts."""
     compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise ValueError(
+            f"engine=native compiles a C loop and needs a C compiler: {compiler!r} is not on PATH "
+            "(install one or set CC=...); engine=batched and engine=eager need none"
+        )
+    return compiler
+
+
+def _compile() -> ctypes.CDLL:
+    compiler = check_compiler()
     flags = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-std=c99"]
     tag = hashlib.sha256(
         "\0".join([SOURCE, compiler, *flags, platform.machine(), platform.node()]).encode()
@@ -209,17 +222,11 @@ def _compile() -> ctypes.CDLL:
             source = Path(tmp) / "bitflip.c"
             source.write_text(SOURCE)
             built = Path(tmp) / "bitflip.so"
-            try:
-                out = subprocess.run(
-                    [compiler, *flags, "-o", str(built), str(source), "-lm"],
-                    capture_output=True,
-                    text=True,
-                )
-            except FileNotFoundError as err:
-                raise RuntimeError(
-                    f"engine=native compiles a C loop and needs a C compiler ({compiler!r} not "
-                    "found; set CC=...); engine=batched needs none"
-                ) from err
+            out = subprocess.run(
+                [compiler, *flags, "-o", str(built), str(source), "-lm"],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 raise RuntimeError(f"engine=native: {compiler} failed:\n{out.stderr}")
             os.replace(built, library)  # atomic: concurrent trials may compile at once

@@ -1,5 +1,6 @@
-"""How the image experiments score a classifier: the (masked) loss and accuracies of a batch,
-the evaluation of a whole split, and the metrics probe with that loss."""
+"""How the image experiments score a classifier: the (masked) loss and accuracies of a batch (and
+of a packed ensemble's batches), the evaluation of a whole split, and the metrics probe with that
+loss."""
 
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ def masked_loss(
     target = remap[y]
     loss = F.cross_entropy(logits, target)
     return loss, (logits.argmax(dim=1) == target).sum(), correct_all
+
+
+def packed_masked_loss(
+    out: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, remap: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per member, what `masked_loss` gives for its batch: (loss, masked correct,
+    unmasked correct), each (N,), from logits `out` (N, B, K), labels `y` (N, B), each member's
+    task classes `classes` (N, k) and label lookup `remap` (N, K)."""
+    n, b, _ = out.shape
+    correct_all = (out.argmax(dim=2) == y).sum(dim=1)
+    logits = out.gather(2, classes[:, None, :].expand(n, b, -1))  # (N, B, k)
+    target = remap.gather(1, y)  # (N, B)
+    losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+    return losses.view(n, b).mean(dim=1), (logits.argmax(dim=2) == target).sum(dim=1), correct_all
 
 
 def classification_probe(

@@ -40,8 +40,9 @@ the batch order.
 Random streams (`core.run.seeds.seed_for(seed, purpose, ...)`): "init", "order", "augment",
 "noise", "cbp", "redo", "shrink_perturb", "dropout" (index 0 for the base's, 1 for the clone's;
 dropout draws from torch's global RNG, swapped to the model's own state around its forward:
-`DropoutStream`) and "probe" (the probe batches, never shared with the training streams). No
-stream is shared by the two models, so each model's computation is the same in one run or split.
+`core.run.lifecycle.DropoutStream`) and "probe" (the probe batches, never shared with the training
+streams). No stream is shared by the two models, so each model's computation is the same in one
+run or split.
 
 Split (`part`, `base_from`): the base's whole trajectory depends on every config field but the
 clone's (`CLONE_FIELDS`), so runs that differ only there can share one base.
@@ -63,8 +64,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -196,48 +196,6 @@ def open_base(cfg: Config) -> BaseRun:
     return BaseRun(run_dir, status, rows)
 
 
-class DropoutStream:
-    """One model's dropout masks: torch's global RNG (which `nn.Dropout` and attention dropout
-    draw from) set to this model's own state, seeded `seed_for(seed, "dropout", index)`, for the
-    model's forward passes (`drawing`) and put back after, so that no two models share a stream."""
-
-    def __init__(self, seed: int, index: int, device: torch.device) -> None:
-        self.device = device
-        outer = self._get()
-        torch.default_generator.manual_seed(seed_for(seed, "dropout", index))
-        if device.type == "cuda":
-            torch.cuda.default_generators[_cuda_index(device)].manual_seed(
-                seed_for(seed, "dropout", index)
-            )
-        self.state = self._get()
-        self._set(outer)
-
-    def _get(self) -> list[torch.Tensor]:
-        states = [torch.get_rng_state()]
-        if self.device.type == "cuda":
-            states.append(torch.cuda.get_rng_state(self.device))
-        return states
-
-    def _set(self, states: list[torch.Tensor]) -> None:
-        torch.set_rng_state(states[0])
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(states[1], self.device)
-
-    @contextmanager
-    def drawing(self) -> Iterator[None]:
-        outer = self._get()
-        self._set(self.state)
-        try:
-            yield
-        finally:
-            self.state = self._get()
-            self._set(outer)
-
-
-def _cuda_index(device: torch.device) -> int:
-    return torch.cuda.current_device() if device.index is None else device.index
-
-
 @dataclass
 class Learner:
     """One trained model with its optimizer, interventions and running loss/accuracy."""
@@ -247,7 +205,7 @@ class Learner:
     interventions: build.Interventions
     stats: lifecycle.RunningStats
     forward: Callable[[torch.Tensor], torch.Tensor]  # the training forward (core.run.precision)
-    dropout: DropoutStream
+    dropout: lifecycle.DropoutStream
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -283,7 +241,7 @@ def learner(cfg: Config, model: nn.Module, name: str, streams: dict) -> Learner:
         ),
         lifecycle.RunningStats(device, cfg.divergence_ceiling),
         forward,
-        DropoutStream(cfg.seed, index, device),
+        lifecycle.DropoutStream(cfg.seed, device, index),
     )
 
 

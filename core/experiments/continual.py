@@ -1,4 +1,4 @@
-r"""Class-incremental continual learning (paper §3.1).
+r"""Class-incremental continual learning (paper §3.1), one run or a packed ensemble of runs.
 
 The classes are split into tasks of `classes_per_task` in a seeded order; one model and one
 optimizer learn the tasks in sequence. At each task start the head is zeroed and, unless
@@ -27,15 +27,22 @@ Rows (split, metric), at step s = optimizer steps done:
   the probe's whole-model rows: probe_loss, probe_accuracy, probe_accuracy_unmasked (masked loss)
 
 Random streams (`core.run.seeds.seed_for(seed, purpose, ...)`): "tasks" (the class order), "init",
-"order", "augment", "noise" (noisy SGD), "cbp", "redo", "shrink_perturb", "dropout" (torch's global
-RNG), and "probe" per task and split (the probe batches never share the training streams).
+"order", "augment", "noise" (noisy SGD), "cbp", "redo", "shrink_perturb", "dropout" (the run's own
+state of torch's global RNG, which `nn.Dropout` draws from: `core.run.lifecycle.DropoutStream`),
+and "probe" per task and split (the probe batches never share the training streams).
 
-`pack=N` trains seeds seed .. seed+N-1 as one packed ensemble, each member its single run
-(`core.experiments.continual_packed`; docs/experiments.md, "Packed runs").
+Packed runs (`pack=N`; docs/experiments.md, "Packed runs"): seeds seed .. seed+N-1 as one
+`core.models.packed.PackedModel`, member k computing the single run of `seed=seed+k`, `pack=1`
+(its dropout masks from a generator seeded as its single run's `DropoutStream`). One loop runs
+both, over a list of `Member`s: at pack=1 the one member is the run, its record the sink; at pack=N
+member k's record is `<run_dir>/members/seed<seed+k>/` (its single run's record, rows written at
+the trial's checkpoints), the trial's holds the stacked checkpoints, the members' summaries and
+per log point the live members' means, and a diverging member ends there while the others go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -57,14 +64,18 @@ from core.experiments.classification import (
     classification_probe,
     evaluate,
     masked_loss,
+    packed_masked_loss,
 )
 from core.experiments.image_config import Dataset, ImageConfig
 from core.models import build_model
-from core.models.packed import PACKABLE_ARCHS
-from core.run import build, cli, lifecycle, precision
-from core.run.record import RunRecord
+from core.models.packed import PACKABLE_ARCHS, PackedModel, member_optimizer_state
+from core.run import build, cli, lifecycle, precision, schema
+from core.run.record import RunRecord, load_metrics
 from core.run.seeds import seed_for
 from core.run.specs import OptimizerSpec
+
+EXPERIMENT = "continual"
+MEANS = ("loss", "acc", "acc_unmasked")  # a packed trial's rows: the live members' means
 
 
 @dataclass(frozen=True)
@@ -179,57 +190,6 @@ def task_probes(cfg: Config, data: ImageData, model: nn.Module, task: Task) -> d
     return probes
 
 
-@dataclass
-class ContinualState:
-    """Everything a checkpoint of the run holds (the state after `step` optimizer steps), and
-    the run's schedule (`tasks`, fixed by the config)."""
-
-    tasks: list[Task]
-    step: int
-    task: int
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    interventions: build.Interventions
-    streams: dict[str, torch.Generator]  # order, augment, noise (dropout: torch's global RNG)
-    order: BatchOrder  # the current task's batches
-    stats: lifecycle.RunningStats  # its initial loss (the divergence ceiling)
-    summary: dict[str, Any]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "task": self.task,
-            "model": self.model.state_dict(),
-            "model_config": self.model.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "interventions": self.interventions.state_dict(),
-            "random": lifecycle.random_state(self.streams),
-            "order": self.order.state_dict(),
-            "stats": self.stats.state_dict(),
-            "summary": self.summary,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.task = state["step"], state["task"]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.interventions.load_state_dict(state["interventions"])
-        lifecycle.set_random_state(self.streams, state["random"])
-        self.order = BatchOrder(
-            self.tasks[self.task].train_idx, self.order.batch_size, self.order.generator
-        )
-        self.order.load_state_dict(state["order"])
-        self.stats.load_state_dict(state["stats"])
-        self.summary = state["summary"]
-
-
-def begin_task(state: ContinualState, cfg: Config, task: Task) -> None:
-    """Reset the head (and its optimizer state) for `task` and start its batch order."""
-    reset_head(cfg, state.model, state.optimizer)
-    state.task = task.index
-    state.order = BatchOrder(task.train_idx, cfg.batch_size, state.streams["order"])
-
-
 def reset_head(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Zero `model.head`'s weights and bias (`reset_head`) and drop their optimizer state
     (`reset_head_optimizer`)."""
@@ -243,109 +203,296 @@ def reset_head(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer) 
             optimizer.state.pop(p, None)
 
 
-def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
-    """Run (or resume, from `sink`'s last checkpoint) the continual-learning experiment;
-    `pack > 1` runs the packed ensemble (`core.experiments.continual_packed`)."""
-    train = _train
-    if cfg.pack > 1:
-        from core.experiments import continual_packed  # it builds on this module
+@dataclass
+class Member:
+    """One seed's run: its single-run config, record, schedule and state."""
 
-        train = continual_packed.train
+    cfg: Config  # its single run's config (pack=1: the run's own)
+    record: RunRecord  # pack=1: the sink
+    tasks: list[Task]
+    streams: dict[str, Any]  # order, augment, noise, dropout (pack=1: a DropoutStream)
+    order: BatchOrder  # the current task's batches
+    stats: lifecycle.RunningStats  # its initial loss (the divergence ceiling)
+    summary: dict[str, Any] = field(
+        default_factory=lambda: {"task_val_acc": [], "task_train_acc": []}
+    )
+    ended: bool = False  # its record is finished (diverged, or completed at the end)
+    logged: int = -1  # the last step its record holds rows for
+    probes: dict[str, Any] = field(default_factory=dict)  # the current task's
+
+    def begin(self, task: Task) -> None:
+        """Start the batch order of `task`."""
+        self.order = BatchOrder(task.train_idx, self.cfg.batch_size, self.streams["order"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "random": {name: g.get_state() for name, g in self.streams.items()},
+            "order": self.order.state_dict(),
+            "stats": self.stats.state_dict(),
+            "summary": self.summary,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], task: Task) -> None:
+        for name, g in self.streams.items():
+            g.set_state(state["random"][name])
+        self.begin(task)
+        self.order.load_state_dict(state["order"])
+        self.stats.load_state_dict(state["stats"])
+        self.summary = state["summary"]  # an ended member's record is finished: see _train
+
+
+@dataclass
+class ContinualState:
+    """What a checkpoint holds (the state after `step` optimizer steps): the model (pack>1: the
+    PackedModel), its optimizer and interventions, and every member's state."""
+
+    step: int
+    task: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    interventions: build.Interventions  # none in a packed run
+    members: list[Member]
+    view: nn.Module  # a single model: pack=1 the model itself, else member k's weights
+
+    def member_model(self, k: int) -> nn.Module:
+        """Member k as a single model, to evaluate and probe with the single run's code."""
+        if isinstance(self.model, PackedModel):
+            return self.model.load_member(k, self.view)
+        return self.model
+
+    def state_dict(self, k: int | None = None) -> dict[str, Any]:
+        """The checkpoint; with `k`, packed member k's alone, in a single run's layout."""
+        model, members = self.model.state_dict(), self.members
+        optimizer = self.optimizer.state_dict()
+        if k is not None:
+            model, members = self.model.member_state_dict(k), [members[k]]
+            optimizer = member_optimizer_state(self.model, optimizer, k)
+        return {
+            "step": self.step,
+            "task": self.task,
+            "model": model,
+            "model_config": self.model.cfg.to_dict(),
+            "optimizer": optimizer,
+            "interventions": self.interventions.state_dict(),
+            "members": [m.state_dict() for m in members],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.task = state["step"], state["task"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.interventions.load_state_dict(state["interventions"])
+        for m, saved in zip(self.members, state["members"], strict=True):
+            m.load_state_dict(saved, m.tasks[self.task])
+
+
+def run(cfg: Config, sink: RunRecord, progress: bool = False) -> dict:
+    """Run (or resume, from `sink`'s last checkpoint) the continual-learning experiment."""
     with precision.precision_scope(cfg.precision, lifecycle.resolve_device(cfg.device)):
-        return lifecycle.run_recorded(train, cfg, sink, progress)
+        return lifecycle.run_recorded(_train, cfg, sink, progress)
+
+
+def _members(cfg: Config, sink: RunRecord, data: ImageData, device: torch.device) -> list[Member]:
+    """The run's members, each with its single run's config (pack=1: the run itself, on the
+    sink); the records exist after it."""
+    configs = [dataclasses.replace(cfg, seed=cfg.seed + k, pack=1) for k in range(cfg.pack)]
+    schedules = [schedule(c, data) for c in configs]
+    sizes = [[(len(t.classes), len(t.train_idx)) for t in tasks] for tasks in schedules]
+    if any(other != sizes[0] for other in sizes):  # the members step together
+        raise ValueError(
+            "pack: the members' tasks differ in size (classes of unequal size); packed members "
+            "need tasks of equal size (cifar10, cifar100, tiny_imagenet, synthetic), or pack=1"
+        )
+    # config.json only now: missing data, a model unfit for it or unequal tasks leave no record
+    sink.write_config(cfg, EXPERIMENT, device=str(device))
+    members = []
+    for c, tasks in zip(configs, schedules, strict=True):
+        record = sink
+        if cfg.pack > 1:
+            name = f"seed{c.seed}"
+            record = RunRecord(
+                schema.members_dir(sink.run_dir) / name,
+                run_id=f"{sink.run_id}/{name}",
+                flush_rows=2**62,  # rows are written at the trial's checkpoints only
+            )
+            record.write_config(c, EXPERIMENT, device=str(device))
+        # a packed member's masks come from its "dropout" generator, drawn as nn.Dropout draws
+        # from torch's global RNG in its single run, which has its own state of that RNG
+        streams = lifecycle.generators(c.seed, device, ("order", "augment", "noise", "dropout"))
+        if cfg.pack == 1:
+            streams["dropout"] = lifecycle.DropoutStream(c.seed, device)
+        order = BatchOrder(tasks[0].train_idx, c.batch_size, streams["order"])
+        stats = lifecycle.RunningStats(device, c.divergence_ceiling)
+        members.append(Member(c, record, tasks, streams, order, stats))
+    return members
 
 
 def _train(cfg: Config, sink: RunRecord, progress: bool) -> dict:
     device = lifecycle.resolve_device(cfg.device)
     data = load_images(cfg.dataset, cfg.data_root, cfg.download, cfg.synthetic, device)
-    tasks = schedule(cfg, data)
     model_cfg = cfg.model.model_config(data.shape, data.num_classes)
-    # config.json only now: missing data or a model unfit for it leaves no record behind
-    sink.write_config(cfg, "continual", device=str(device))
-
-    model = build_model(model_cfg, seed=seed_for(cfg.seed, "init")).to(device)
+    members = _members(cfg, sink, data, device)
+    singles = [build_model(model_cfg, seed=seed_for(m.cfg.seed, "init")) for m in members]
+    model = singles[0]
+    if cfg.pack > 1:
+        model = PackedModel(singles, [m.streams["dropout"] for m in members])
+    model, view = model.to(device), singles[0].to(device)
     forward = precision.training_forward(model, cfg.precision, device)
-    streams = lifecycle.generators(cfg.seed, device, ("order", "augment", "noise"))
-    optimizer = build.build_optimizer(cfg.optimizer, model.parameters(), streams["noise"])
+    # noise: noisy SGD's (a packed run's sgd or adam never draws it)
+    optimizer = build.build_optimizer(
+        cfg.optimizer, model.parameters(), members[0].streams["noise"]
+    )
     interventions = build.build_interventions(
         cfg, model, optimizer, build.intervention_streams(cfg.seed, device)
     )
-    lifecycle.seed_dropout(cfg.seed)
-    state = ContinualState(
-        tasks=tasks,
-        step=0,
-        task=0,
-        model=model,
-        optimizer=optimizer,
-        interventions=interventions,
-        streams=streams,
-        order=BatchOrder(tasks[0].train_idx, cfg.batch_size, streams["order"]),
-        stats=lifecycle.RunningStats(device, cfg.divergence_ceiling),
-        summary={"task_val_acc": [], "task_train_acc": []},
-    )
+    state = ContinualState(0, 0, model, optimizer, interventions, members, view)
     saved = sink.load_checkpoint()
-    if saved is None:
-        begin_task(state, cfg, tasks[0])
-        probes = task_probes(cfg, data, model, tasks[0])
-        for split, probe in probes.items():
-            sink.log(0, probe(), split=f"start_{split}")
-    else:
+    if saved is not None:
         state.load_state_dict(saved[1])
-        probes = task_probes(cfg, data, model, tasks[state.task])
+    else:
+        reset_head(cfg, model, optimizer)
+    for k, m in enumerate(members):
+        frame = load_metrics(m.record.run_dir)
+        m.logged = int(frame["step"].max()) if len(frame) else -1
+        if m.record.status in schema.FINISHED:  # finished after the checkpoint: nothing to add
+            m.ended, m.summary = True, m.record.status_info["summary"]
+            continue
+        m.probes = task_probes(m.cfg, data, state.member_model(k), m.tasks[state.task])
+        if m.logged < 0:  # a fresh start (without a checkpoint the sink holds no rows)
+            for split, probe in m.probes.items():
+                m.record.log(0, probe(), split=f"start_{split}")
+        if m.record is not sink:
+            m.record.set_status("running")
     sink.set_status("running")
 
-    total = tasks[-1].end
+    timing = members[0].tasks  # every member's tasks begin and end at the same steps
+    classes = [torch.stack([m.tasks[i].classes for m in members]) for i in range(len(timing))]
+    remaps = [torch.stack([m.tasks[i].remap for m in members]) for i in range(len(timing))]
+    total = timing[-1].end
     checkpoints = lifecycle.CheckpointPolicy(
         state.step, cfg.checkpoint_every, cfg.checkpoint_minutes
     )
     bar = tqdm(total=total, initial=state.step, disable=not progress, desc="continual")
     model.train()
-    while state.step < total:
-        task = tasks[state.task]
-        idx = state.order.next()
-        x = data.inputs(data.train_x[idx], streams["augment"], augment=cfg.augment)
-        y = data.train_y[idx]
-        loss, correct, correct_all = masked_loss(forward(x), y, task.classes, task.remap)
+    while state.step < total and not all(m.ended for m in members):
+        task = timing[state.task]
+        xs, ys = [], []
+        for m in members:
+            idx = m.order.next()
+            xs.append(data.inputs(data.train_x[idx], m.streams["augment"], augment=cfg.augment))
+            ys.append(data.train_y[idx])
+        if cfg.pack == 1:
+            with members[0].streams["dropout"].drawing():
+                out = forward(xs[0])
+            loss = masked_loss(out, ys[0], task.classes, task.remap)
+            losses, correct, correct_all = (t.unsqueeze(0) for t in loss)
+        else:
+            out = forward(torch.stack(xs))
+            losses, correct, correct_all = packed_masked_loss(
+                out, torch.stack(ys), classes[state.task], remaps[state.task]
+            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()  # member k's parameters get the gradient of its own loss
         optimizer.step()
         interventions.step()
         state.step += 1
-        state.stats.add(state.step, loss, correct, correct_all, len(idx))
+        for k, m in enumerate(members):
+            if not m.ended:
+                m.stats.add(state.step, losses[k], correct[k], correct_all[k], len(ys[k]))
 
         done = state.step - task.begin
         task_end = state.step == task.end
         if done % task.log_every and not task_end:
             continue
-        train, divergence = state.stats.read()
-        state.stats.reset()
-        val = evaluate(model, data, task.val_x, task.val_y, task.classes)
-        if divergence is None and not math.isfinite(val["loss"]):
-            divergence = lifecycle.Divergence(state.step, f"non-finite loss at step {state.step}")
-        counts = interventions.take_counts()
-        rows = [("train", {**train, "task": task.index, **counts}), ("val", val)]
-        if divergence is None and (done % task.probe_every == 0 or task_end):
-            rows += [(split, probe()) for split, probe in probes.items()]
-        if divergence is None and task_end:
-            state.summary["task_train_acc"].append(train["acc"])
-            state.summary["task_val_acc"].append(val["acc"])
-            if task.index + 1 < len(tasks):
-                begin_task(state, cfg, tasks[task.index + 1])
-                probes = task_probes(cfg, data, model, tasks[state.task])
-                rows += [(f"start_{split}", probe()) for split, probe in probes.items()]
-        last = state.step == total
-        if lifecycle.end_interval(sink, state.step, rows, divergence, state, checkpoints, last):
-            bar.close()
-            return state.summary
+        means = _log_point(cfg, sink, state, data, done, task_end)
+        if all(m.ended for m in members):
+            break
+        if state.step == total or checkpoints.due(state.step):
+            for m in members:
+                m.record.flush()
+            checkpoints.save(sink, state.step, state)
         bar.update(state.step - bar.n)
-        bar.set_postfix(task=task.index, loss=f"{train['loss']:.3f}", val_acc=f"{val['acc']:.3f}")
+        bar.set_postfix(task=task.index, loss=f"{means['train']['loss']:.3f}")
     bar.close()
+    return _finish(cfg, sink, state)
+
+
+def _log_point(
+    cfg: Config, sink: RunRecord, state: ContinualState, data: ImageData, done: int, task_end: bool
+) -> dict[str, dict[str, float]]:
+    """Each live member's rows of this log point, as its single run computes them, or its end
+    (diverged); at a task end every member moves to its next task (head reset, batch order,
+    probes). Returns the live members' train and val means, which a packed trial logs."""
+    step, members = state.step, state.members
+    counts = state.interventions.take_counts()
+    rows: dict[int, list[tuple[str, dict[str, float]]]] = {}
+    for k, m in enumerate(members):
+        if m.ended:
+            continue
+        task = m.tasks[state.task]
+        train, divergence = m.stats.read()
+        m.stats.reset()
+        val = evaluate(state.member_model(k), data, task.val_x, task.val_y, task.classes)
+        if divergence is None and not math.isfinite(val["loss"]):
+            divergence = lifecycle.Divergence(step, f"non-finite loss at step {step}")
+        if divergence is not None:  # nothing of this log point is logged
+            m.summary = {**m.summary, "diverged_at": divergence.step}
+            m.ended = True
+            if m.record.status not in schema.FINISHED:  # else a resumed trial got here again
+                m.record.finish(
+                    "diverged", divergence.reason, step=divergence.step, summary=m.summary
+                )
+            continue
+        rows[k] = [("train", {**train, "task": task.index, **counts}), ("val", val)]
+        if done % task.probe_every == 0 or task_end:
+            rows[k] += [(split, probe()) for split, probe in m.probes.items()]
+        if task_end:
+            m.summary["task_train_acc"].append(train["acc"])
+            m.summary["task_val_acc"].append(val["acc"])
+    if task_end and state.task + 1 < len(members[0].tasks):
+        reset_head(cfg, state.model, state.optimizer)
+        state.task += 1
+        for k, m in enumerate(members):  # the ended members' slices too: they keep stepping
+            m.begin(m.tasks[state.task])
+            if not m.ended:
+                m.probes = task_probes(m.cfg, data, state.member_model(k), m.tasks[state.task])
+                rows[k] += [(f"start_{split}", probe()) for split, probe in m.probes.items()]
+    for k, member_rows in rows.items():
+        if step > members[k].logged:
+            for split, values in member_rows:
+                members[k].record.log(step, values, split=split)
+    means = {}
+    for i, split in enumerate(("train", "val")):
+        values = [member_rows[i][1] for member_rows in rows.values()]  # rows[k][:2]: train, val
+        means[split] = {key: sum(v[key] for v in values) / max(len(values), 1) for key in MEANS}
+        if cfg.pack > 1 and values:  # a sweep's live status reads the trial's rows
+            sink.log(step, {**means[split], "members_live": float(len(values))}, split=split)
+    return means
+
+
+def _finish(cfg: Config, sink: RunRecord, state: ContinualState) -> dict:
+    """End every member still running `completed`; a packed trial then ends `diverged` when a
+    member diverged (naming them, as a bit-flip ensemble trial), else `completed`."""
+    for k, m in enumerate(state.members):
+        if m.ended:
+            continue
+        final = {"steps": state.step, "final_val_acc": m.summary["task_val_acc"][-1]}
+        m.summary = {**m.summary, **final}
+        if cfg.keep_final_checkpoint and cfg.pack > 1:  # a single run's is its last checkpoint
+            m.record.save_checkpoint(state.step, state.state_dict(k))
+        m.record.finish(
+            "completed", summary=m.summary, keep_final_checkpoint=cfg.keep_final_checkpoint
+        )
+        m.ended = True
+    if cfg.pack == 1:
+        return state.members[0].summary
+    diverged = [m.record.run_id for m in state.members if "diverged_at" in m.summary]
     summary = {
-        **state.summary,
+        "members": {m.record.run_id: m.summary for m in state.members},
+        "member_dirs": [str(m.record.run_dir) for m in state.members],
         "steps": state.step,
-        "final_val_acc": state.summary["task_val_acc"][-1],
     }
-    sink.finish("completed", summary=summary, keep_final_checkpoint=cfg.keep_final_checkpoint)
+    sink.finish("diverged" if diverged else "completed", ", ".join(diverged), summary=summary)
     return summary
 
 

@@ -257,8 +257,8 @@ class PackedModel(nn.Module):
     """N models of one `ModelConfig` (arch in PACKABLE_ARCHS) as one module (module docstring).
 
     `dropout_generators[k]` draws member k's dropout masks (needed when the models have dropout);
-    `body` holds the packed leaves under the single model's module names (`body.head` is the
-    members' heads).
+    `body` holds the packed leaves under the single model's module names (`head` is the members'
+    heads).
     """
 
     def __init__(
@@ -282,6 +282,11 @@ class PackedModel(nn.Module):
             parent, _, attr = name.rpartition(".")
             peers = [m.get_submodule(name) for m in models]
             self.body.get_submodule(parent).add_module(attr, _pack_leaf(peers, dropout_generators))
+
+    @property
+    def head(self) -> nn.Module:
+        """The members' heads, packed (a single model's `head`)."""
+        return self.body.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, B, C, H, W) images -> (N, B, K) logits."""

@@ -12,8 +12,8 @@ so `core.run.schema` and `core.run.config` stay torch-free for analysis and swee
   `intervention_streams`.
 - `core.run.record`: `RunRecord` (the sink), `load_metrics`.
 - `core.run.lifecycle`: `run_recorded`, `resolve_device`, `generators`, `random_state`,
-  `set_random_state`, `seed_dropout`, `RunningStats`, `Divergence`, `DIVERGENCE_CEILING`,
-  `CheckpointPolicy`, `end_interval` (what every loop calls at a log point).
+  `set_random_state`, `DropoutStream`, `RunningStats`, `Divergence`, `DIVERGENCE_CEILING`,
+  `CheckpointPolicy`, `end_interval` (a log point: divergence check, rows, checkpoint).
 - `core.run.cli`: `main(experiment, Config, run)`, the `python -m core.experiments.<name>`
   command, and its `EXIT_CODES`.
 """

@@ -166,8 +166,10 @@ def apply_overrides(cls: type, values: Mapping[str, Any], base: Any = None) -> A
     return _build(cls, cls() if base is None else base, values)
 
 
-def parse_overrides(cls: type, args: Sequence[str], base: Any = None) -> Any:
-    """`base` (default: `cls()`) with each `key=value` of `args` applied, typed by annotation."""
+def parse_assignments(cls: type, args: Sequence[str]) -> dict[str, Any]:
+    """Each `key=value` of `args` as `{dotted key: value}`, typed by the annotation of that key of
+    dataclass `cls`; ValueError for a malformed item, an unknown key (listing the valid ones) or a
+    value that does not fit its type."""
     valid = field_types(cls)
     values: dict[str, Any] = {}
     for arg in args:
@@ -180,9 +182,14 @@ def parse_overrides(cls: type, args: Sequence[str], base: Any = None) -> Any:
             )
         try:
             values[key] = parse_value(text, valid[key])
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"override {arg!r}: {err}") from None
-    return apply_overrides(cls, values, base)
+    return values
+
+
+def parse_overrides(cls: type, args: Sequence[str], base: Any = None) -> Any:
+    """`base` (default: `cls()`) with each `key=value` of `args` applied, typed by annotation."""
+    return apply_overrides(cls, parse_assignments(cls, args), base)
 
 
 def _type_name(tp: Any) -> str:

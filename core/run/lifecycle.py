@@ -1,8 +1,8 @@
 """A run's life, shared by the experiments: starting it under the record's status rules
-(`run_recorded`), its random streams (`generators`, `random_state`), the loss and accuracy summed
-on the device between log points with the divergence watch (`RunningStats`), the checkpoint
-cadence (`CheckpointPolicy`) and the one function every loop calls at a log point
-(`end_interval`: divergence check, log, checkpoint).
+(`run_recorded`), its random streams (`generators`, `random_state`, a model's own dropout masks:
+`DropoutStream`), the loss and accuracy summed on the device between log points with the
+divergence watch (`RunningStats`), the checkpoint cadence (`CheckpointPolicy`) and what a loop
+calls at a log point (`end_interval`: divergence check, log, checkpoint).
 
 Divergence. A run is `diverged` at the first step whose training loss is non-finite or above the
 ceiling `divergence_ceiling x` the run's initial loss (the loss of its first step, before any
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,9 +83,53 @@ def set_random_state(streams: Mapping[str, torch.Generator], state: Mapping[str,
         torch.cuda.set_rng_state_all(cuda)
 
 
-def seed_dropout(seed: int) -> None:
-    """Seed torch's global RNGs, which dropout draws from (`random_state` checkpoints them)."""
-    torch.manual_seed(seed_for(seed, "dropout"))
+class DropoutStream:
+    """One model's dropout masks: torch's global RNG (which `nn.Dropout` and attention dropout
+    draw from) set to this model's own state, seeded `seed_for(seed, "dropout", *index)`, for the
+    model's forward passes (`drawing`) and put back after, so that no two models share a stream.
+    `state` (also `get_state()`, `set_state()`, as a generator's) is what a checkpoint saves."""
+
+    def __init__(self, seed: int, device: torch.device, *index: int) -> None:
+        self.device = device
+        outer = self._get()
+        torch.default_generator.manual_seed(seed_for(seed, "dropout", *index))
+        if device.type == "cuda":
+            torch.cuda.default_generators[_cuda_index(device)].manual_seed(
+                seed_for(seed, "dropout", *index)
+            )
+        self.state = self._get()
+        self._set(outer)
+
+    def _get(self) -> list[torch.Tensor]:
+        states = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.device))
+        return states
+
+    def _set(self, states: list[torch.Tensor]) -> None:
+        torch.set_rng_state(states[0])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(states[1], self.device)
+
+    def get_state(self) -> list[torch.Tensor]:
+        return self.state
+
+    def set_state(self, state: list[torch.Tensor]) -> None:
+        self.state = list(state)
+
+    @contextmanager
+    def drawing(self) -> Iterator[None]:
+        outer = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(outer)
+
+
+def _cuda_index(device: torch.device) -> int:
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from core.theory.bounds import (
-    correlation_path,
-    decorrelation_potential,
-    quartic_gap,
-    quartic_gap_bound,
-    random_correlation_matrix,
-    rank_gain,
-    rank_gain_bound,
-)
+from core.theory import bounds
 from core.theory.kernels import decorrelation_strength, frozen_probability, kernel
 
 A1_ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
@@ -58,8 +50,8 @@ def gap_curves(activations: tuple[str, ...] = A1_ACTIVATIONS, points: int = 401)
         zeta = decorrelation_strength(name)
         out[name] = {
             "rho": rho,
-            "gap": quartic_gap(kernel(name), rho),
-            "bound": quartic_gap_bound(zeta, rho),
+            "gap": bounds.quartic_gap(kernel(name), rho),
+            "bound": bounds.quartic_gap_bound(zeta, rho),
             "zeta": zeta,
         }
     return out
@@ -72,17 +64,20 @@ def rank_path(
     steps: int = 21,
 ) -> dict:
     """Per activation, along C(t) = (1 - t) I + t R for t in [0, 1]: the rank ratio and bounds."""
-    target = random_correlation_matrix(n, generator)
+    target = bounds.random_correlation_matrix(n, generator)
     ts = np.linspace(0.0, 1.0, steps)
-    potentials = np.array([decorrelation_potential(correlation_path(target, t)) for t in ts])
+    path = [bounds.correlation_path(target, t) for t in ts]
+    potentials = [bounds.decorrelation_potential(c) for c in path]
     out = {}
     for name in activations:
         zeta, kappa = decorrelation_strength(name), kernel(name)
         out[name] = {
             "t": ts,
-            "ratio": np.array([rank_gain(correlation_path(target, t), kappa) for t in ts]),
-            "bound": np.array([rank_gain_bound(zeta, p) for p in potentials]),
-            "linear_bound": np.array([rank_gain_bound(zeta, p, linear=True) for p in potentials]),
+            "ratio": np.array([bounds.rank_gain(c, kappa) for c in path]),
+            "bound": np.array([bounds.rank_gain_bound(zeta, p) for p in potentials]),
+            "linear_bound": np.array(
+                [bounds.rank_gain_bound(zeta, p, linear=True) for p in potentials]
+            ),
         }
     return out
 

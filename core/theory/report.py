@@ -10,7 +10,6 @@ belongs to (dataset, data_root, synthetic of its config), unless given explicitl
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import torch
@@ -20,14 +19,7 @@ from core.data import SyntheticSpec, load_images
 from core.models import ModelConfig, build_model
 from core.run.schema import is_record, read_config
 from core.theory.manifold import CloneStructure
-from core.theory.stability import (
-    MODES,
-    escape_rate,
-    model_loss,
-    normal_hessian_spectrum,
-    predicted_rate,
-    required_steps,
-)
+from core.theory.stability import MODES, analyse_stability, model_loss
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -49,10 +41,28 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float64) -> nn.Modul
     return model.to(dtype)
 
 
-def run_config(checkpoint: Path) -> dict:
-    """The experiment config of the run record holding `checkpoint` ({} outside a record)."""
+def training_batch(
+    checkpoint: Path,
+    dataset: str | None,
+    data_root: str | None,
+    samples: int,
+    generator: torch.Generator,
+    hint: str = "--dataset",
+) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(dataset, float64 inputs, labels) of `samples` training images drawn with `generator`: of
+    `dataset` in `data_root` where given, else of the run record holding `checkpoint`."""
     run_dir = checkpoint.parent.parent
-    return read_config(run_dir)["config"] if is_record(run_dir) else {}
+    run = read_config(run_dir)["config"] if is_record(run_dir) else {}
+    dataset = dataset or run.get("dataset")
+    if dataset is None:
+        raise ValueError(
+            f"no dataset: {checkpoint} is not inside a run record; pass the dataset the model was "
+            f"trained on ({hint})"
+        )
+    synthetic = SyntheticSpec(**run["synthetic"]) if run.get("synthetic") else None
+    data = load_images(dataset, data_root or run.get("data_root"), synthetic=synthetic)
+    idx = torch.randperm(len(data.train_y), generator=generator)[:samples]
+    return dataset, data.inputs(data.train_x[idx]).double(), data.train_y[idx]
 
 
 def stability_report(
@@ -81,42 +91,26 @@ def stability_report(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     path = Path(checkpoint)
-    run = run_config(path)
-    dataset = dataset or run.get("dataset")
-    if dataset is None:
-        raise ValueError(
-            f"no dataset: {path} is not inside a run record; pass the dataset the model was "
-            "trained on (--dataset)"
-        )
-    synthetic = SyntheticSpec(**run["synthetic"]) if run.get("synthetic") else None
-    data = load_images(dataset, data_root or run.get("data_root"), synthetic=synthetic)
     generator = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train_y), generator=generator)[:samples]
-    x = data.inputs(data.train_x[idx]).double().to(device)
-    y = data.train_y[idx].to(device)
+    dataset, x, y = training_batch(path, dataset, data_root, samples, generator)
+    x, y = x.to(device), y.to(device)
 
     model = load_model(path).to(device).train(mode == "train")
-    loss_fn = model_loss(model, x, y)
     structure = CloneStructure.of_clone(model)
-    spectrum = normal_hessian_spectrum(
-        model, loss_fn, lanczos_steps, generator, structure=structure
-    )
-    need = required_steps(lr, spectrum.lambda_min)
-    steps = escape_steps if escape_steps is not None else min(need or 100, max_escape_steps)
-    escape = escape_rate(
+    s = analyse_stability(
         model,
         lambda m: model_loss(m, x, y),
-        eps,
-        steps,
+        lanczos_steps,
         lr,
         generator,
-        direction=spectrum.min_direction,
-        structure=structure,
-        removed=spectrum.removed,
-        curvature=spectrum.lambda_min,
+        structure,
+        escape_steps,
+        max_escape_steps,
+        eps,
     )
+    spectrum, escape = s.spectrum, s.escape
     with torch.no_grad():
-        loss = float(loss_fn(dict(model.named_parameters())))
+        loss = float(model_loss(model, x, y)(dict(model.named_parameters())))
     return {
         "checkpoint": str(path),
         "arch": model.cfg.arch,
@@ -143,13 +137,13 @@ def stability_report(
         "escape": {
             "eps": eps,
             "lr": lr,
-            "steps": steps,
-            "required_steps": escape.required_steps,
-            "horizon_too_short": escape.horizon_too_short,
-            "rate": escape.rate,
-            "predicted_rate_softest": math.log(max(abs(1.0 - lr * spectrum.lambda_min), 1e-300)),
-            "predicted_rate": predicted_rate(spectrum.ritz_values, lr),
-            "fit_from": escape.fit_from,
-            "distances": escape.distances,
+            "steps": s.steps,
+            "required_steps": s.required_steps,
+            "horizon_too_short": escape is not None and escape.horizon_too_short,
+            "rate": None if escape is None else escape.rate,
+            "predicted_rate_softest": s.predicted_rate_softest,
+            "predicted_rate": s.predicted_rate,
+            "fit_from": None if escape is None else escape.fit_from,
+            "distances": [] if escape is None else escape.distances,
         },
     }

@@ -172,7 +172,6 @@ class NormalSpectrum:
     verdict: str  # stable | unstable | saddle | degenerate (Def. A.2 on N')
     tolerance: float  # |lambda| <= tolerance counts as zero in the verdict
     min_direction: Params  # unit Ritz vector of lambda_min, in N'
-    max_direction: Params  # unit Ritz vector of lambda_max, in N'
     dimensions: dict[str, int]  # parameters, block_constant, normal, and each family's size
     removed: tuple[str, ...]  # symmetry families verified null and projected out
     symmetry_checks: dict[str, float] = field(default_factory=dict)  # ||H v|| / ||H|N|| per family
@@ -280,7 +279,6 @@ def normal_hessian_spectrum(
         verdict=verdict(lo, hi, tol),
         tolerance=tol,
         min_direction=_unflatten(vectors[:, 0].clone(), params),
-        max_direction=_unflatten(vectors[:, -1].clone(), params),
         dimensions=dims,
         removed=tuple(removed),
         symmetry_checks=checks,
@@ -380,3 +378,58 @@ def escape_rate(
 def predicted_rate(ritz_values: torch.Tensor, lr: float) -> float:
     """max_lambda log|1 - lr lambda|: the linearised growth rate of a normal deviation per step."""
     return float((1.0 - lr * ritz_values).abs().clamp_min(1e-300).log().max())
+
+
+@dataclass(frozen=True)
+class Stability:
+    """The spectrum on N', its linearised growth rates at step lr, and the measured escape."""
+
+    spectrum: NormalSpectrum
+    predicted_rate_softest: float  # log|1 - lr lambda_min| per step
+    predicted_rate: float  # max over the Ritz values of log|1 - lr lambda|
+    required_steps: int | None  # ESCAPE_EFOLDS / (lr |lambda_min|): a meaningful escape's horizon
+    steps: int  # escape steps run
+    escape: Escape | None  # along the softest normal eigenvector; None when no step ran
+
+
+def analyse_stability(
+    model: nn.Module,
+    loss_fn_of: Callable[[nn.Module], LossFn],
+    lanczos_steps: int,
+    lr: float,
+    generator: torch.Generator | None,
+    structure: CloneStructure,
+    escape_steps: int | None,
+    max_escape_steps: int,
+    eps: float,
+) -> Stability:
+    """`normal_hessian_spectrum` of `loss_fn_of(model)`, then `escape_rate` from eps times its
+    softest eigenvector for `escape_steps` steps (0: no escape; None: `required_steps`, at most
+    `max_escape_steps`, 100 when lambda_min is 0)."""
+    spectrum = normal_hessian_spectrum(
+        model, loss_fn_of(model), lanczos_steps, generator, structure=structure
+    )
+    need = required_steps(lr, spectrum.lambda_min)
+    steps = min(need or 100, max_escape_steps) if escape_steps is None else escape_steps
+    escape = None
+    if steps > 0:
+        escape = escape_rate(
+            model,
+            loss_fn_of,
+            eps,
+            steps,
+            lr,
+            generator,
+            direction=spectrum.min_direction,
+            structure=structure,
+            removed=spectrum.removed,
+            curvature=spectrum.lambda_min,
+        )
+    return Stability(
+        spectrum=spectrum,
+        predicted_rate_softest=math.log(max(abs(1.0 - lr * spectrum.lambda_min), 1e-300)),
+        predicted_rate=predicted_rate(spectrum.ritz_values, lr),
+        required_steps=need,
+        steps=steps,
+        escape=escape,
+    )

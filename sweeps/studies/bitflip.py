@@ -98,13 +98,6 @@ def param_space(scale: str) -> dict:
     }
 
 
-def members_per_trial(space: dict) -> int:
-    """Member runs in each trial: its methods x learning rates x seeds."""
-    method = space["method"]
-    methods = method["grid_search"] if isinstance(method, dict) else [method]
-    return len(space["lr"]) * len(space["seed"]) * max(len(m) for m in methods)
-
-
 def resources(scale: str, point: dict | None = None) -> dict:
     """One CPU per ensemble: the batched loop is fastest on one thread."""
     return {"cpu": 1}

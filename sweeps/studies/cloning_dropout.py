@@ -19,7 +19,7 @@ from __future__ import annotations
 from ray import tune
 
 from sweeps.configs import same_as
-from sweeps.studies.cloning_noise import PROTOCOL, SEEDS, SMOKE, gpu_share
+from sweeps.studies.cloning_noise import PROTOCOL, cloning_resources, cloning_space
 
 EXPERIMENT = "cloning"
 SCALES = ("smoke", "paper", "reference")
@@ -38,25 +38,18 @@ def base_config() -> dict:
 
 
 def param_space(scale: str) -> dict:
-    if scale == "smoke":
-        return {
-            **SMOKE,
-            "model.arch": tune.grid_search(["mlp", "cnn"]),
-            "model.dropout": 0.1,
-            "optimizer.name": "sgd",
-            "optimizer.lr": 0.01,
-            "seed": tune.grid_search([0, 1]),
-        }
-    space = {
-        "model.arch": tune.grid_search(["mlp", "cnn", "resnet", "vit"]),
-        "model.norm": tune.grid_search(["batch", "layer", "none"]),
-        # p is all dropout: a ViT's attention dropout follows model.dropout (ModelConfig), and
-        # the copies of a cloned head share one attention mask (model.independent_head_masks).
-        "model.dropout": tune.grid_search([0.0, 0.1, 0.2]),
-        "optimizer.name": tune.grid_search(["sgd", "adam"]),
-        "optimizer.lr": tune.grid_search([1e-2, 1e-3, 1e-4]),
-        "seed": tune.grid_search(SEEDS),
-    }
+    space = cloning_space(
+        scale,
+        {
+            # p is all dropout: a ViT's attention dropout follows model.dropout (ModelConfig),
+            # and the copies of a cloned head share one attention mask
+            # (model.independent_head_masks).
+            "model.dropout": tune.grid_search([0.0, 0.1, 0.2]),
+            "optimizer.name": tune.grid_search(["sgd", "adam"]),
+            "optimizer.lr": tune.grid_search([1e-2, 1e-3, 1e-4]),
+        },
+        smoke={"model.dropout": 0.1, "optimizer.name": "sgd", "optimizer.lr": 0.01},
+    )
     if scale == "reference":
         space["optimizer.momentum"] = 0.9
     return space
@@ -65,6 +58,4 @@ def param_space(scale: str) -> dict:
 def resources(scale: str, point: dict | None = None) -> dict:
     """Smoke: one CPU. Otherwise 2 CPUs and the GPU share of the trial at `point` (or the grid's
     largest): `cloning_noise.gpu_share`."""
-    if scale == "smoke":
-        return {"cpu": 1}
-    return {"cpu": 2, "gpu": gpu_share({**base_config(), **param_space(scale)}, point)}
+    return cloning_resources({**base_config(), **param_space(scale)}, scale, point)

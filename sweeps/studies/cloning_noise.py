@@ -67,22 +67,29 @@ def base_config() -> dict:
     }
 
 
-def param_space(scale: str) -> dict:
+def cloning_space(scale: str, axes: dict, smoke: dict) -> dict:
+    """A cloning study's grid (both studies'): the paper's 4 models x 3 norms x `axes` x `SEEDS`,
+    or at the smoke scale `SMOKE` with 2 models x `smoke` x 2 seeds."""
     if scale == "smoke":
-        return {
-            **SMOKE,
-            "model.arch": tune.grid_search(["mlp", "cnn"]),
-            "clone_optimizer.sigma0": 0.05,
-            "clone_optimizer.decay": 0.99,
-            "seed": tune.grid_search([0, 1]),
-        }
-    space = {
+        mlp_cnn = tune.grid_search(["mlp", "cnn"])
+        return {**SMOKE, "model.arch": mlp_cnn, **smoke, "seed": tune.grid_search([0, 1])}
+    return {
         "model.arch": tune.grid_search(["mlp", "cnn", "resnet", "vit"]),
         "model.norm": tune.grid_search(["batch", "layer", "none"]),
-        "clone_optimizer.sigma0": tune.grid_search([0.01, 0.02, 0.05]),
-        "clone_optimizer.decay": tune.grid_search([0.0, 0.9, 0.99, 0.999, 1.0]),
+        **axes,
         "seed": tune.grid_search(SEEDS),
     }
+
+
+def param_space(scale: str) -> dict:
+    space = cloning_space(
+        scale,
+        {
+            "clone_optimizer.sigma0": tune.grid_search([0.01, 0.02, 0.05]),
+            "clone_optimizer.decay": tune.grid_search([0.0, 0.9, 0.99, 0.999, 1.0]),
+        },
+        smoke={"clone_optimizer.sigma0": 0.05, "clone_optimizer.decay": 0.99},
+    )
     if scale == "reference":
         space["optimizer.momentum"] = space["clone_optimizer.momentum"] = 0.9
     return space
@@ -91,9 +98,12 @@ def param_space(scale: str) -> dict:
 def resources(scale: str, point: dict | None = None) -> dict:
     """Smoke: one CPU. Otherwise 2 CPUs and `gpu_share` of the trial at `point` (or the grid's
     largest)."""
-    if scale == "smoke":
-        return {"cpu": 1}
-    return {"cpu": 2, "gpu": gpu_share({**base_config(), **param_space(scale)}, point)}
+    return cloning_resources({**base_config(), **param_space(scale)}, scale, point)
+
+
+def cloning_resources(space: dict, scale: str, point: dict | None) -> dict:
+    """`resources` of a cloning study whose space at `scale` is `space` (both studies')."""
+    return {"cpu": 1} if scale == "smoke" else {"cpu": 2, "gpu": gpu_share(space, point)}
 
 
 def gpu_share(space: dict, point: dict | None, table: dict | None = None) -> float:

@@ -71,3 +71,15 @@ def cloning_rows(final: float) -> list[tuple]:
             (step, "clone_train", "hidden1", "dead_fraction", 0.1),
         ]
     return rows
+
+
+def write_missing_value_runs(sweep_dir: Path) -> None:
+    """Four runs, seeds 1 and 2 of `clone_dropout` None and 0.1 (None: a value the config lacks),
+    each with the clone_train loss step + seed + dropout at steps 0 and 5."""
+    for dropout in (None, 0.1):
+        for seed in (1, 2):
+            write_run(
+                sweep_dir / f"{dropout}-{seed}",
+                {"seed": seed, "clone_dropout": dropout},
+                [(s, "clone_train", "", "loss", s + seed + (dropout or 0.0)) for s in (0, 5)],
+            )

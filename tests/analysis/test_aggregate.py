@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import options
+from analysis import figures, options
 from analysis.aggregate import main, select_values, summarize, varying_keys
 from analysis.runs import load_sweep
 from core.run import schema
-from tests.analysis.records_by_hand import write_run
+from tests.analysis.records_by_hand import write_missing_value_runs, write_run
 
 REPO = Path(__file__).resolve().parents[2]
 T975 = {4: 2.776445, 2: 4.302653}  # t_{0.975, df} from tables
@@ -198,12 +198,13 @@ def test_cli_runs_as_a_script_and_as_a_module(cloning_sweep, how):
     assert line.split()[1:6] == ["3", f"{mean:.6g}", line.split()[3], f"{low:.6g}", f"{high:.6g}"]
 
 
-def test_cli_errors_say_what_to_do(tmp_path, cloning_sweep):
+@pytest.mark.parametrize("cli, option", [(main, "--by"), (figures.main, "--facet")])
+def test_cli_errors_say_what_to_do(tmp_path, cloning_sweep, cli, option):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no run records under .*make sweep-cloning"):
-        main([str(tmp_path / "empty")])
-    with pytest.raises(SystemExit, match="unknown --by keys.*valid: .*model.arch"):
-        main([str(cloning_sweep), "--by", "model.archh"])
+        cli([str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match=f"unknown {option} keys.*valid: .*model.arch"):
+        cli([str(cloning_sweep), option, "model.archh"])
 
 
 def test_numeric_keys_keep_their_type_and_order(tmp_path):
@@ -233,13 +234,8 @@ def test_records_without_an_experiment_need_experiment_for_the_defaults(tmp_path
 
 
 def test_a_missing_value_is_a_configuration_of_its_own(tmp_path):
-    for dropout in (None, 0.1):
-        for seed in (1, 2):
-            write_run(
-                tmp_path / f"{dropout}-{seed}",
-                {"seed": seed, "clone_dropout": dropout},
-                [(5, "clone_train", "", "loss", seed + (dropout or 0.0))],
-            )
+    write_missing_value_runs(tmp_path)
     table = main([str(tmp_path)])
     assert table["clone_dropout"].tolist()[0] == 0.1 and math.isnan(table["clone_dropout"][1])
-    assert table["mean"].tolist() == pytest.approx([1.6, 1.5]) and table["n"].tolist() == [2, 2]
+    # the final loss 5 + seed + dropout, over seeds 1 and 2
+    assert table["mean"].tolist() == pytest.approx([6.6, 6.5]) and table["n"].tolist() == [2, 2]

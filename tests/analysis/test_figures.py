@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from analysis.figures import bands, draw, layout, main, plot_grid
 from analysis.runs import load_sweep
-from tests.analysis.records_by_hand import write_run
+from tests.analysis.records_by_hand import write_missing_value_runs, write_run
 
 T975_1 = 12.706205  # t_{0.975, 1} (tables)
 T975_2 = 4.302653  # t_{0.975, 2}
@@ -211,14 +211,6 @@ def test_bitflip_switch_and_width_figures(tmp_path):
     assert bars[0].get_label() == "method=sgd: mean ± 95% t-interval across seeds, n=2"
 
 
-def test_figures_cli_errors_say_what_to_do(tmp_path, cloning_sweep):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="make sweep-cloning"):
-        main([str(tmp_path / "empty")])
-    with pytest.raises(SystemExit, match="unknown --facet keys.*valid: .*model.arch"):
-        main([str(cloning_sweep), "--facet", "arch"])
-
-
 def test_plot_grid_returns_a_figure(cloning_sweep):
     sweep = load_sweep(cloning_sweep)
     frame = bands(sweep.records, sweep.runs, "clone_train", "loss", ["model.arch"])
@@ -228,13 +220,7 @@ def test_plot_grid_returns_a_figure(cloning_sweep):
 
 
 def test_a_missing_value_is_a_line_of_its_own(tmp_path):
-    for dropout in (None, 0.1):
-        for seed in (1, 2):
-            write_run(
-                tmp_path / f"{dropout}-{seed}",
-                {"seed": seed, "clone_dropout": dropout},
-                [(s, "clone_train", "", "loss", s + seed + (dropout or 0.0)) for s in (0, 5)],
-            )
+    write_missing_value_runs(tmp_path)
     ax = draw(load_sweep(tmp_path))["curves-clone_train-loss"].axes[0]
     lines = {ln.get_label().split(":")[0]: list(ln.get_ydata()) for ln in ax.lines}
     assert lines == {"clone_dropout=0.1": [1.6, 6.6], "clone_dropout=None": [1.5, 6.5]}

@@ -19,6 +19,7 @@ from cluster.ray_cluster import (
     ray_environment,
     ray_ports,
 )
+from tests.sweeps.ray_probe import descendants, own_address, probe
 
 ENV = {
     "SLURM_JOB_ID": "4242",
@@ -110,6 +111,14 @@ def test_head_starts_with_token_auth_and_stops_by_pid(tmp_path):
         )
         assert urllib.request.urlopen(request, timeout=10).status == 200
         assert ray_processes(allocation.temp_dir)
+        # no port of the head answers without the token (the metrics export port served
+        # Prometheus metrics to anyone until metrics collection was turned off)
+        if own_address() is not None:
+            pids = [head.process.pid, *descendants(head.process.pid)]
+            exposed, result = probe(pids, allocation.ports["gcs"], tmp_path)
+            assert allocation.ports["gcs"] in exposed and result["open"] == [], result
+            assert allocation.ports["metrics_export"] not in exposed
+            assert result["ray_init"].startswith("refused"), result
     finally:
         head.stop(remove_temp_dir=True)
     assert not ray_processes(allocation.temp_dir), "Ray processes survived the head's stop"

@@ -7,6 +7,9 @@ gRPC calls of Ray's services (GCS, raylet, core worker, agents); then `ray.init`
 A port is open when any of these is served without the token: an HTTP answer other than 401/403,
 a gRPC status other than UNAUTHENTICATED or UNIMPLEMENTED (a method the port does not serve).
 Prints one JSON line: {"open": [[port, what], ...], "unauthenticated": [ports], "ray_init": ...}.
+
+The tests call `probe(pids, gcs_port, home)`: it finds every TCP port the processes `pids` listen
+on outside loopback and runs this script on them, at this machine's non-loopback address.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import argparse
 import http.client
 import json
 import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 
@@ -93,6 +100,75 @@ def main() -> None:
     result = {"open": opened, "unauthenticated": refused}
     result["ray_init"] = probe_ray_init(args.ip, args.gcs)
     print(json.dumps(result), flush=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (via /proc: a driver's or `ray start`'s Ray processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def listening(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(hex address, port, pid) of every TCP socket the processes `pids` listen on."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].rsplit(":", 1)
+                found.append((address, int(port, 16), inodes[fields[9]]))
+    return found
+
+
+LOOPBACK = ("0100007F", "00000000000000000000000001000000")  # 127.0.0.1, ::1 as /proc shows them
+
+
+def own_address() -> str | None:
+    """This machine's non-loopback IPv4 address (where another machine would connect), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # no packet is sent: the kernel picks the route
+            address = s.getsockname()[0]
+        except OSError:
+            address = socket.gethostbyname(socket.gethostname())
+    return None if address.startswith("127.") else address
+
+
+def probe(pids: list[int], gcs_port: int, home: Path) -> tuple[list[int], dict]:
+    """(the ports `pids` listen on outside loopback, this script's result on them at
+    `own_address()`), from a process without the token (no RAY_AUTH_*, HOME `home`: no
+    ~/.ray/auth_token either)."""
+    exposed = sorted({port for addr, port, _ in listening(pids) if addr not in LOOPBACK})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    out = subprocess.run(
+        [sys.executable, __file__, own_address(), *map(str, exposed), "--gcs", str(gcs_port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "HOME": str(home)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return exposed, json.loads(out.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,17 @@ from ray import tune
 
 from core.run.record import RunRecord
 from sweeps.configs import grid_points, point_id
-from sweeps.driver import exit_code, open_manifest, plan, reset_points, select, summarize
+from sweeps.driver import (
+    exit_code,
+    open_manifest,
+    pending_stages,
+    plan,
+    reset_points,
+    resolved_space,
+    run_points,
+    select,
+    summarize,
+)
 from sweeps.local_ray import OWNER_FILE, _process_start, clean_stale_temp_dirs
 from sweeps.mirror import Mirror
 
@@ -132,3 +142,23 @@ def test_only_selects_points_by_typed_values():
         select("continual", points, {"sed": ["1"]})
     with pytest.raises(ValueError, match="selects none of the 4 points"):
         select("continual", points, {"seed": ["7"]})
+
+
+def test_trials_start_in_the_grid_order_widest_bitflip_first_prefixes_before_clones(tmp_path):
+    """Tune starts a stage's trials in its order: the bit-flip paper grid lists its widths widest
+    first (the longest trials), and that order must survive the driver (ids sort otherwise)."""
+    points = _points(resolved_space("bitflip", "paper"))
+    stages = pending_stages(tmp_path, run_points("bitflip", points, tmp_path), set(), set(points))
+    assert stages[0] == {} and list(stages[1]) == list(points)
+    widths = [v["width"] for v in stages[1].values()]
+    assert widths == sorted(widths, reverse=True) and widths[0] == 100
+    assert list(points) != sorted(points)  # an order by point id would differ from the grid's
+    RunRecord(tmp_path / "runs" / next(iter(points))).set_status("completed", summary={})
+    assert list(pending_stages(tmp_path, points, set(), set(points))[1]) == list(points)[1:]
+
+    points = _points(resolved_space("cloning_noise", "paper"))
+    trials = run_points("cloning_noise", points, tmp_path / "cloning")
+    prefixes = set(trials) - set(points)
+    first, rest = pending_stages(tmp_path / "cloning", trials, prefixes, set(trials))
+    assert list(first) == [p for p in trials if p in prefixes] and len(first) > 1
+    assert list(rest) == list(points)

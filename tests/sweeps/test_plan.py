@@ -148,7 +148,9 @@ def test_config_overrides_are_typed_validated_and_never_grid_axes():
     assert resolved_space("continual", "smoke", overrides)["augment"] is False
     with pytest.raises(ValueError, match="model.arch is a grid axis .* --only model.arch="):
         parse_config_overrides("continual", "smoke", ["model.arch=vit"])
-    with pytest.raises(ValueError, match="optimizer.lrr=0.01: unknown key; valid keys: dataset"):
+    with pytest.raises(
+        ValueError, match="unknown key .optimizer.lrr. for Config; valid keys: dataset"
+    ):
         parse_config_overrides("continual", "smoke", ["optimizer.lrr=0.01"])
     with pytest.raises(ValueError, match="model.activation='rleu'; valid: "):
         bad = parse_config_overrides("continual", "smoke", ["model.activation=rleu"])
@@ -207,3 +209,20 @@ def test_a_smoke_sweep_with_an_override_and_only_runs_those_points_with_that_con
     lines = status.stdout.splitlines()
     summary = json.loads("\n".join(lines[: lines.index("}") + 1]))
     assert (summary["completed"], summary["pending"], summary["planned"]) == (2, 4, 6)
+
+
+def test_a_native_bitflip_sweep_without_a_c_compiler_is_refused_before_any_work(
+    tmp_path, monkeypatch
+):
+    """The paper's bit-flip study runs `engine=native`, which compiles its loop with `cc` (or
+    `$CC`): with no compiler on PATH its pre-flight fails naming the compiler and the engine that
+    needs none, and the batched engine's plan still passes."""
+    assert plan("bitflip", "paper", prepare_data=False)  # a compiler is here
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no cc on PATH
+    with pytest.raises(ValueError, match="needs a C compiler: 'cc' is not on PATH.*engine=batched"):
+        plan("bitflip", "paper", prepare_data=False)
+    assert plan("bitflip", "paper", prepare_data=False, overrides={"engine": "batched"})
+    monkeypatch.setenv("CC", "lop-no-such-cc")
+    with pytest.raises(ValueError, match="'lop-no-such-cc' is not on PATH"):
+        plan("bitflip", "paper", prepare_data=False)

@@ -69,12 +69,12 @@ def test_unknown_study_and_scale():
 
 
 def test_bitflip_paper_counts():
-    from sweeps.studies.bitflip import members_per_trial
-
     space = driver.resolved_space("bitflip", "paper")
     trials = count_grid(space)
-    assert (trials, members_per_trial(space)) == (4, 210)  # one trial per width
-    assert trials * members_per_trial(space) == 840
+    configs = driver.point_configs("bitflip", driver.plan("bitflip", "paper", prepare_data=False))
+    members = [len(cfg.members()) for cfg in configs.values()]
+    assert (trials, members) == (4, [210] * 4)  # one trial per width: 3 methods x 70 seeds
+    assert sum(members) == 840
     assert space["method"] == ("sgd", "sgd_then_cbp", "cbp")
     assert trials * len(space["lr"]) * len(space["seed"]) == 280  # the paper's SGD baseline grid
     assert space["seed"] == tuple(range(30, 100)) and space["steps"] == 5_000_000

@@ -28,10 +28,10 @@ from core.run.config import apply_overrides
 from core.run.record import RunRecord, load_metrics
 from sweeps.driver import plan
 from sweeps.mirror import flatten, metric_key
+from tests.sweeps.ray_probe import descendants, listening, own_address, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = list(schema.KEY)
-PROBE = Path(__file__).with_name("ray_probe.py")
 
 
 def sweep_cmd(study: str, sweep_dir: Path, *extra: str) -> list[str]:
@@ -210,23 +210,6 @@ def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (via /proc: the driver's Ray head and its workers)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -236,7 +219,7 @@ def _cmdline(pid: int) -> bytes:
 
 def _trial_workers(driver_pid: int) -> list[int]:
     """The Ray worker processes of this driver that run a trial (`ray::SweepTrial...`)."""
-    return [p for p in _descendants(driver_pid) if _cmdline(p).startswith(b"ray::SweepTrial")]
+    return [p for p in descendants(driver_pid) if _cmdline(p).startswith(b"ray::SweepTrial")]
 
 
 def _kill_a_trial_mid_run(driver, log: Path, sweep_dir: Path, last_step: int, deadline) -> str:
@@ -327,49 +310,13 @@ def test_a_failing_grid_point_fails_the_sweep_once_and_is_named(tmp_path):
     assert status["status"] == "failed" and status["retryable"] is False
 
 
-def _listening(pids: list[int]) -> list[tuple[str, int, int]]:
-    """(hex address, port, pid) of every TCP socket the processes `pids` listen on."""
-    inodes = {}
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes[target[8:-1]] = pid
-        except OSError:
-            continue
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                address, port = fields[1].rsplit(":", 1)
-                found.append((address, int(port, 16), inodes[fields[9]]))
-    return found
-
-
-LOOPBACK = ("0100007F", "00000000000000000000000001000000")  # 127.0.0.1, ::1 as /proc shows them
-
-
-def _own_address() -> str | None:
-    """This machine's non-loopback IPv4 address (where another machine would connect), if any."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("198.51.100.1", 9))  # no packet is sent: the kernel picks the route
-            address = s.getsockname()[0]
-        except OSError:
-            address = socket.gethostbyname(socket.gethostname())
-    return None if address.startswith("127.") else address
-
-
 @pytest.mark.slow
 def test_two_sweeps_side_by_side_a_second_driver_and_no_port_without_the_token(tmp_path):
     """Two local sweeps (dashboards on) run at once on one machine and both finish. Meanwhile a
     second driver on the first sweep's directory is refused, naming the first; and from another
     process without the token, no Ray port of the first sweep on this machine's non-loopback
     address serves anything (HTTP, gRPC, ray.init)."""
-    address = _own_address()
-    if address is None:
+    if own_address() is None:
         pytest.skip("this machine has no non-loopback address to probe")
     dirs = [tmp_path / "a", tmp_path / "b"]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
@@ -389,22 +336,13 @@ def test_two_sweeps_side_by_side_a_second_driver_and_no_port_without_the_token(t
         holder = re.search(r"in use by driver pid (\d+) on host (\S+),", second.stderr)
         assert holder and holder[2] == socket.gethostname(), second.stderr
         # the driver is the first sweep's Ray job, a descendant of its command (docs/sweeps.md)
-        assert int(holder[1]) in _descendants(drivers[0].pid), second.stderr
+        assert int(holder[1]) in descendants(drivers[0].pid), second.stderr
 
-        sockets = _listening([drivers[0].pid, *_descendants(drivers[0].pid)])
-        exposed = sorted({port for addr, port, _ in sockets if addr not in LOOPBACK})
-        gcs = [port for _, port, pid in sockets if b"gcs_server" in _cmdline(pid)]
-        assert exposed and gcs, sockets
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-        probe = subprocess.run(
-            [sys.executable, str(PROBE), address, *map(str, exposed), "--gcs", str(gcs[0])],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**env, "HOME": str(tmp_path)},  # no ~/.ray/auth_token either
-        )
-        assert probe.returncode == 0, probe.stderr[-3000:]
-        result = json.loads(probe.stdout.splitlines()[-1])
+        pids = [drivers[0].pid, *descendants(drivers[0].pid)]
+        gcs = [port for _, port, pid in listening(pids) if b"gcs_server" in _cmdline(pid)]
+        assert gcs, listening(pids)
+        exposed, result = probe(pids, gcs[0], tmp_path)
+        assert exposed, "no Ray port outside loopback: nothing was probed"
         assert result["open"] == [], result
         assert gcs[0] in result["unauthenticated"]  # the probe reached Ray's token check
         assert result["ray_init"].startswith("refused"), result

@@ -3,19 +3,15 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from core.diagnose.__main__ import main
 from core.run.schema import checkpoint_paths
+from tests.core.experiments.runs import REPO, TINY
 
-ROOT = Path(__file__).resolve().parents[3]
-SMOKE = [
-    "dataset=synthetic",
-    "model.arch=mlp",
-    "device=cpu",
+SMOKE = TINY + [
     "model.hidden_sizes=8,8",
     "synthetic.classes=4",
     "synthetic.train_per_class=16",
@@ -26,7 +22,6 @@ SMOKE = [
     "task_length=4",
     "batch_size=8",
     "probe_size=8",
-    "probe.metrics=dead_fraction",
     "keep_final_checkpoint=true",
 ]
 
@@ -35,7 +30,7 @@ def test_cli_on_a_smoke_continual_checkpoint(tmp_path):
     run = tmp_path / "run"
     subprocess.run(
         [sys.executable, "-m", "core.experiments.continual", "--run-dir", str(run), *SMOKE],
-        cwd=ROOT,
+        cwd=REPO,
         check=True,
         capture_output=True,
     )
@@ -54,7 +49,7 @@ def test_cli_on_a_smoke_continual_checkpoint(tmp_path):
             "--out",
             str(out),
         ],  # fmt: skip
-        cwd=ROOT,
+        cwd=REPO,
         check=True,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import torch
 
 from analysis.runs import find_runs
 from core.data import load_images
-from core.experiments import continual, continual_packed
+from core.experiments import continual
 from core.run.config import parse_overrides
 from core.run.record import RunRecord, load_metrics
 from core.run.schema import members_dir, read_config
@@ -46,7 +46,6 @@ def float64(monkeypatch):
         return dataclasses.replace(data, mean=data.mean.double(), std=data.std.double())
 
     monkeypatch.setattr(continual, "load_images", images)
-    monkeypatch.setattr(continual_packed, "load_images", images)
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
@@ -188,13 +187,13 @@ def test_killed_packed_run_resumes_to_the_uninterrupted_rows(tmp_path, one_threa
         "model.hidden_sizes=8",
         "model.dropout=0.2",
         "task_length=40",
-        "checkpoint_every=20",
+        "checkpoint_every=50",  # at steps 50 and 100, mid-task: the batch orders resume too
         "keep_final_checkpoint=false",
         "seed=1",
         f"pack={PACK}",
     ]
     _, reference = run_in_process(continual, args, tmp_path / "reference")
-    for after, delay in kill_points(17, [range(20, 60, 20)], delay=0.1):
+    for after, delay in kill_points(17, [range(50, 100, 10)], delay=0.1):
         run_and_kill("core.experiments.continual", args, tmp_path / "killed", after, delay)
     summary, resumed = run_in_process(continual, args, tmp_path / "killed")
     assert resumed.status == "completed"

@@ -129,19 +129,17 @@ def test_off_by_default_and_validated():
     assert bitflip.Config().probe.diagnose is False
 
 
+def _diagnosed_run(experiment, tmp_path, settings: str):
+    """The metrics of an `experiment` run with hidden sizes 6, 6, `probe.diagnose=true` and the
+    space-separated `key=value` settings."""
+    args = TINY + ["model.hidden_sizes=6,6", "probe.diagnose=true", *settings.split()]
+    run_in_process(experiment, args, tmp_path / "run")
+    return load_metrics(tmp_path / "run")
+
+
 def test_a_cloning_run_records_the_clone_as_all_clones_and_the_base_as_none(tmp_path):
-    args = TINY + [
-        "model.hidden_sizes=6,6",
-        "model.dropout=0",
-        "batch_size=50",
-        "probe_size=20",
-        "base_epochs=1",
-        "clone_epochs=1",
-        "probe_every=1",
-        "probe.diagnose=true",
-    ]
-    run_in_process(cloning, args, tmp_path / "run")
-    frame = load_metrics(tmp_path / "run")
+    settings = "model.dropout=0 batch_size=50 probe_size=20 base_epochs=1 clone_epochs=1"
+    frame = _diagnosed_run(cloning, tmp_path, settings + " probe_every=1")
     cloned = frame[frame.metric == "cloned_fraction"].groupby("split")["value"]
     assert set(cloned.min().index) == {"base_train", "base_test", "clone_train", "clone_test"}
     assert (cloned.min()[["clone_train", "clone_test"]] == 1.0).all()  # SGD keeps the clones
@@ -150,21 +148,11 @@ def test_a_cloning_run_records_the_clone_as_all_clones_and_the_base_as_none(tmp_
 
 
 def test_a_continual_run_records_the_rows_at_every_probe(tmp_path):
-    args = TINY + [
-        "synthetic.classes=4",
-        "synthetic.train_per_class=16",
-        "synthetic.test_per_class=4",
-        "model.hidden_sizes=6,6",
-        "classes_per_task=2",
-        "batch_size=16",
-        "probe_size=8",
-        "task_unit=steps",
-        "task_length=10",
-        "probe_every=5",
-        "probe.diagnose=true",
-    ]
-    run_in_process(continual, args, tmp_path / "run")
-    frame = load_metrics(tmp_path / "run")
+    data = "synthetic.classes=4 synthetic.train_per_class=16 synthetic.test_per_class=4"
+    tasks = "classes_per_task=2 task_unit=steps task_length=10"
+    frame = _diagnosed_run(
+        continual, tmp_path, f"{data} {tasks} batch_size=16 probe_size=8 probe_every=5"
+    )
     rows = frame[frame.metric.isin(ROWS)]
     assert set(rows.split) == {"train", "val", "start_train", "start_val"}
     assert set(rows.metric) == set(ROWS) and set(rows.layer) == {"hidden1", "hidden2"}

@@ -5,20 +5,21 @@ import math
 import pytest
 import torch
 
-from core.metrics import (
-    approximate_rank,
-    approximate_rank_abs,
-    effective_rank,
-    effective_rank_corr,
-    effective_rank_cov,
-    numerical_rank,
-    participation_ratio,
-    participation_ratio_corr,
-    stable_rank,
-)
+from core.metrics import ranks
 
-UNCENTRED = (effective_rank, stable_rank, numerical_rank, approximate_rank, approximate_rank_abs)
-CENTRED = (effective_rank_cov, participation_ratio, effective_rank_corr, participation_ratio_corr)
+UNCENTRED = (
+    ranks.effective_rank,
+    ranks.stable_rank,
+    ranks.numerical_rank,
+    ranks.approximate_rank,
+    ranks.approximate_rank_abs,
+)
+CENTRED = (
+    ranks.effective_rank_cov,
+    ranks.participation_ratio,
+    ranks.effective_rank_corr,
+    ranks.participation_ratio_corr,
+)
 ALL_RANKS = UNCENTRED + CENTRED
 
 
@@ -49,16 +50,16 @@ def test_rank_one_matrix_has_rank_one(dtype, via):
 def test_hand_computed_spectrum():
     h = torch.tensor([[4.0, 0.0], [0.0, 3.0]], dtype=torch.float64)  # sigma = (4, 3)
     p = (4 / 7, 3 / 7)
-    assert effective_rank(h) == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)))
-    assert stable_rank(h) == pytest.approx(25 / 16)
-    assert approximate_rank(h, mass=0.6) == 1  # 16/25 = 0.64 >= 0.6
-    assert approximate_rank(h, mass=0.65) == 2
-    assert approximate_rank_abs(h, mass=0.55) == 1  # 4/7 = 0.571
-    assert approximate_rank_abs(h, mass=0.6) == 2
-    assert numerical_rank(h, rtol=0.8) == 1  # 3 < 0.8 * 4
-    assert numerical_rank(h, rtol=0.7) == 2
-    assert effective_rank(torch.zeros(3, 2)) == 0.0
-    assert participation_ratio(torch.ones(3, 2)) == 0.0  # constant columns: zero covariance
+    assert ranks.effective_rank(h) == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)))
+    assert ranks.stable_rank(h) == pytest.approx(25 / 16)
+    assert ranks.approximate_rank(h, mass=0.6) == 1  # 16/25 = 0.64 >= 0.6
+    assert ranks.approximate_rank(h, mass=0.65) == 2
+    assert ranks.approximate_rank_abs(h, mass=0.55) == 1  # 4/7 = 0.571
+    assert ranks.approximate_rank_abs(h, mass=0.6) == 2
+    assert ranks.numerical_rank(h, rtol=0.8) == 1  # 3 < 0.8 * 4
+    assert ranks.numerical_rank(h, rtol=0.7) == 2
+    assert ranks.effective_rank(torch.zeros(3, 2)) == 0.0
+    assert ranks.participation_ratio(torch.ones(3, 2)) == 0.0  # constant columns: zero covariance
 
 
 def _with_covariance(c: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
@@ -73,11 +74,13 @@ def _with_covariance(c: torch.Tensor, rows: int, generator: torch.Generator) -> 
 def test_equicorrelated_participation_ratio(n, rho):
     c = torch.full((n, n), rho, dtype=torch.float64).fill_diagonal_(1.0)
     h = _with_covariance(c, 50, torch.Generator().manual_seed(n))
-    assert participation_ratio(h) == pytest.approx(n**2 / (n + n * (n - 1) * rho**2), rel=1e-9)
+    assert ranks.participation_ratio(h) == pytest.approx(
+        n**2 / (n + n * (n - 1) * rho**2), rel=1e-9
+    )
     # Eigenvalues 1 + (n-1) rho (once) and 1 - rho (n - 1 times), over their sum n.
     p = [(1 + (n - 1) * rho) / n] + [(1 - rho) / n] * (n - 1)
     expected = math.exp(-sum(q * math.log(q) for q in p if q > 0))
-    assert effective_rank_cov(h) == pytest.approx(expected, rel=1e-9)
+    assert ranks.effective_rank_cov(h) == pytest.approx(expected, rel=1e-9)
 
 
 def test_scale_and_permutation_leave_ranks_unchanged():
@@ -100,23 +103,23 @@ def test_gram_and_svd_paths_agree(shape):
     for h in (full, low, full.exp()):
         for rank in ALL_RANKS:
             assert rank(h, via="gram") == pytest.approx(rank(h, via="svd"), abs=1e-6), rank.__name__
-    assert numerical_rank(low) == 5 == numerical_rank(low, via="svd")
+    assert ranks.numerical_rank(low) == 5 == ranks.numerical_rank(low, via="svd")
 
 
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="valid: gram, svd"):
-        effective_rank(torch.eye(3), via="qr")
+        ranks.effective_rank(torch.eye(3), via="qr")
     with pytest.raises(ValueError, match="unit_matrix"):
-        effective_rank(torch.zeros(2, 3, 4))
+        ranks.effective_rank(torch.zeros(2, 3, 4))
     with pytest.raises(TypeError, match="floating"):
-        stable_rank(torch.eye(3, dtype=torch.int64))
+        ranks.stable_rank(torch.eye(3, dtype=torch.int64))
 
 
 def test_tensor_versions_stay_on_the_device():
     h = torch.eye(4)
-    value = effective_rank.tensor(h)
+    value = ranks.effective_rank.tensor(h)
     assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.device == h.device
-    assert isinstance(effective_rank(h), float)
+    assert isinstance(ranks.effective_rank(h), float)
 
 
 @pytest.mark.parametrize(("n", "rho"), [(3, 0.5), (6, 0.3), (10, 0.9)])
@@ -132,9 +135,9 @@ def test_correlation_ranks_ignore_the_units_scales(n, rho):
     p = [(1 + (n - 1) * rho) / n] + [(1 - rho) / n] * (n - 1)
     shannon = math.exp(-sum(q * math.log(q) for q in p))
     for m in (h, scaled, with_constant):
-        assert participation_ratio_corr(m) == pytest.approx(renyi, rel=1e-9)
-        assert effective_rank_corr(m) == pytest.approx(shannon, rel=1e-9)
-    assert participation_ratio(scaled) != pytest.approx(renyi, rel=0.05)  # covariance: not so
+        assert ranks.participation_ratio_corr(m) == pytest.approx(renyi, rel=1e-9)
+        assert ranks.effective_rank_corr(m) == pytest.approx(shannon, rel=1e-9)
+    assert ranks.participation_ratio(scaled) != pytest.approx(renyi, rel=0.05)  # covariance: not so
 
 
 def test_correlation_rank_equals_numpy_corrcoef():
@@ -144,11 +147,15 @@ def test_correlation_rank_equals_numpy_corrcoef():
         7, 9, generator=g, dtype=torch.float64
     )
     r = np.corrcoef(h.numpy(), rowvar=False)
-    assert participation_ratio_corr(h) == pytest.approx(np.trace(r) ** 2 / (r**2).sum(), rel=1e-10)
+    assert ranks.participation_ratio_corr(h) == pytest.approx(
+        np.trace(r) ** 2 / (r**2).sum(), rel=1e-10
+    )
     lam = np.clip(np.linalg.eigvalsh(r), 0, None) / 9
     lam = lam[lam > 0]
-    assert effective_rank_corr(h) == pytest.approx(np.exp(-(lam * np.log(lam)).sum()), rel=1e-8)
-    assert participation_ratio_corr(torch.ones(5, 3)) == 0.0  # no unit varies
+    assert ranks.effective_rank_corr(h) == pytest.approx(
+        np.exp(-(lam * np.log(lam)).sum()), rel=1e-8
+    )
+    assert ranks.participation_ratio_corr(torch.ones(5, 3)) == 0.0  # no unit varies
 
 
 def test_numerical_rank_is_torch_matrix_rank_and_the_gram_route_floors():
@@ -161,21 +168,21 @@ def test_numerical_rank_is_torch_matrix_rank_and_the_gram_route_floors():
     sigma = 10 ** (-0.45 * torch.arange(30, dtype=torch.float64))
     h = q1 @ torch.diag(sigma) @ q2.T
     assert int(torch.linalg.matrix_rank(h)) == 30
-    assert numerical_rank(h) == 30 == numerical_rank(h, via="svd")
-    assert numerical_rank(h, via="gram") == 16
-    assert numerical_rank(h, rtol=0.0) == 30
+    assert ranks.numerical_rank(h) == 30 == ranks.numerical_rank(h, via="svd")
+    assert ranks.numerical_rank(h, via="gram") == 16
+    assert ranks.numerical_rank(h, rtol=0.0) == 30
     f32 = h.float()
-    assert numerical_rank(f32) == int(torch.linalg.matrix_rank(f32))
+    assert ranks.numerical_rank(f32) == int(torch.linalg.matrix_rank(f32))
 
 
 def test_rank_boundaries_by_hand():
     two = 2.0 * torch.eye(2, dtype=torch.float64)  # sigma = (2, 2): shares exactly 1/2
-    assert approximate_rank(two, mass=0.5) == 1  # the cumulative share reaches the mass
-    assert approximate_rank(two, mass=0.5 + 1e-12) == 2
-    assert approximate_rank_abs(two, mass=0.5) == 1
+    assert ranks.approximate_rank(two, mass=0.5) == 1  # the cumulative share reaches the mass
+    assert ranks.approximate_rank(two, mass=0.5 + 1e-12) == 2
+    assert ranks.approximate_rank_abs(two, mass=0.5) == 1
     h = torch.diag(torch.tensor([4.0, 2.0], dtype=torch.float64))
-    assert numerical_rank(h, rtol=0.5) == 1  # 2 = 0.5 * 4 is not above the tolerance
-    assert numerical_rank(h, rtol=0.5 - 1e-12) == 2
+    assert ranks.numerical_rank(h, rtol=0.5) == 1  # 2 = 0.5 * 4 is not above the tolerance
+    assert ranks.numerical_rank(h, rtol=0.5 - 1e-12) == 2
 
 
 def test_overflowing_and_non_finite_matrices():

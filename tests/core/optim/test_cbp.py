@@ -54,6 +54,12 @@ def _batch(cfg: ModelConfig, n: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, *cfg.in_shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _seeded_cbp(model, optimizer, seed=0, **options) -> ContinualBackprop:
+    return ContinualBackprop(
+        model, optimizer, **options, generator=torch.Generator().manual_seed(seed)
+    )
+
+
 def _step(model, optimizer, x, cbp=None) -> int:
     """One training step; the units `cbp` (or ReDo) replaced, summed over its layers."""
     loss = model(x).square().mean()
@@ -69,9 +75,7 @@ def test_rate_zero_is_the_base_optimizer_bit_for_bit(arch, opt):
     cfg = CONFIGS[arch]
     a, b = build_model(cfg, seed=0), build_model(cfg, seed=0)
     opt_a, opt_b = OPTIMIZERS[opt](a.parameters()), OPTIMIZERS[opt](b.parameters())
-    cbp = ContinualBackprop(
-        b, opt_b, replacement_rate=0.0, maturity=0, generator=torch.Generator().manual_seed(1)
-    )
+    cbp = _seeded_cbp(b, opt_b, seed=1, replacement_rate=0.0, maturity=0)
     for t in range(6):
         x = _batch(cfg, seed=t)
         _step(a, opt_a, x)
@@ -85,14 +89,7 @@ def test_carry_mode_replaces_floor_of_rate_times_cumulative_mature_count():
     model = build_model(cfg, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     rate = 0.07
-    cbp = ContinualBackprop(
-        model,
-        opt,
-        replacement_rate=rate,
-        maturity=5,
-        rounding="carry",
-        generator=torch.Generator().manual_seed(2),
-    )
+    cbp = _seeded_cbp(model, opt, seed=2, replacement_rate=rate, maturity=5, rounding="carry")
     seen = [0] * len(cbp.states)
     replaced = [0] * len(cbp.states)
     for t in range(300):
@@ -222,13 +219,7 @@ def test_optimizer_state_of_reset_weights_is_zero(opt):
     cfg = CONFIGS["mlp-batch"]
     model = build_model(cfg, seed=0)
     optimizer = OPTIMIZERS[opt](model.parameters())
-    cbp = ContinualBackprop(
-        model,
-        optimizer,
-        replacement_rate=0.2,
-        maturity=4,
-        generator=torch.Generator().manual_seed(0),
-    )
+    cbp = _seeded_cbp(model, optimizer, replacement_rate=0.2, maturity=4)
     for t in range(20):
         if _step(model, optimizer, _batch(cfg, seed=t), cbp):
             break
@@ -265,13 +256,7 @@ def test_replacement_postconditions_on_every_architecture(arch):
     cfg = CONFIGS[arch]
     model = build_model(cfg, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    cbp = ContinualBackprop(
-        model,
-        optimizer,
-        replacement_rate=0.3,
-        maturity=2,
-        generator=torch.Generator().manual_seed(0),
-    )
+    cbp = _seeded_cbp(model, optimizer, replacement_rate=0.3, maturity=2)
     seen = set()
     for t in range(8):
         _step(model, optimizer, _batch(cfg, seed=t), cbp)

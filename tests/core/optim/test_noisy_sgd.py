@@ -96,25 +96,17 @@ def test_noise_is_drawn_in_blocks_of_16_from_the_generator():
 
 
 def test_state_dict_resumes_the_same_trajectory():
+    def optimizer(model, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return NoisySGD(
+            model.parameters(), lr=0.05, sigma0=0.1, decay=0.95, momentum=0.9, generator=generator
+        )
+
     a, b = _net(), _net()
-    opt_a = NoisySGD(
-        a.parameters(),
-        lr=0.05,
-        sigma0=0.1,
-        decay=0.95,
-        momentum=0.9,
-        generator=torch.Generator().manual_seed(7),
-    )
+    opt_a = optimizer(a, 7)
     _train(a, opt_a, 5)
     b.load_state_dict(a.state_dict())
-    opt_b = NoisySGD(
-        b.parameters(),
-        lr=0.05,
-        sigma0=0.1,
-        decay=0.95,
-        momentum=0.9,
-        generator=torch.Generator().manual_seed(99),
-    )
+    opt_b = optimizer(b, 99)
     opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as if saved and loaded
     _train(a, opt_a, 5)
     _train(b, opt_b, 5)

@@ -7,20 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.theory import (
-    KERNEL_ACTIVATIONS,
-    decorrelation_strength,
-    frozen_probability,
-    gauss_hermite,
-    hermite_coefficients,
-    hermite_functions,
-    kernel,
-    kernel_quadrature,
-    normalised_activation,
-    panel_rule,
-    relu_kernel,
-    sign_kernel,
-)
+from core.theory import KERNEL_ACTIVATIONS, kernels
+from core.theory.gaussian import gauss_hermite, panel_rule
 
 SMOOTH_AND_KINKED = ("relu", "tanh", "sigmoid", "gelu", "elu")
 
@@ -34,14 +22,16 @@ def _cdf(x):
 
 
 def test_zeta_closed_forms():
-    assert decorrelation_strength("relu") == pytest.approx(
+    assert kernels.decorrelation_strength("relu") == pytest.approx(
         1 - math.pi / (2 * math.pi - 2), abs=1e-6
     )
-    assert decorrelation_strength("sign") == pytest.approx(1 - 2 / math.pi, abs=1e-6)
-    assert decorrelation_strength("identity") == pytest.approx(0.0, abs=1e-12)
-    assert decorrelation_strength("identity", a=-3.0, b=2.0) == pytest.approx(0.0, abs=1e-12)
+    assert kernels.decorrelation_strength("sign") == pytest.approx(1 - 2 / math.pi, abs=1e-6)
+    assert kernels.decorrelation_strength("identity") == pytest.approx(0.0, abs=1e-12)
+    assert kernels.decorrelation_strength("identity", a=-3.0, b=2.0) == pytest.approx(
+        0.0, abs=1e-12
+    )
     # a pure second Hermite polynomial is maximally decorrelating (c_1 = 0)
-    assert decorrelation_strength(lambda x: x**2) == pytest.approx(1.0, abs=1e-12)
+    assert kernels.decorrelation_strength(lambda x: x**2) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +40,7 @@ def test_zeta_closed_forms():
 )
 def test_zeta_reference_values(name, zeta):
     """The reference table of docs/theory.md (4 decimals)."""
-    assert decorrelation_strength(name) == pytest.approx(zeta, abs=6e-5)
+    assert kernels.decorrelation_strength(name) == pytest.approx(zeta, abs=6e-5)
 
 
 @pytest.mark.parametrize("b", np.linspace(-3.0, 3.0, 13))
@@ -58,64 +48,66 @@ def test_zeta_of_biased_relu_closed_form(b):
     """ReLU(z + b): c_1 = Phi(b), E f = b Phi(b) + phi(b), E f^2 = (1 + b^2) Phi(b) + b phi(b)."""
     cdf, pdf = _cdf(b), _phi(b)
     var = (1 + b * b) * cdf + b * pdf - (b * cdf + pdf) ** 2
-    assert decorrelation_strength("relu", 1.0, b) == pytest.approx(1 - cdf**2 / var, abs=1e-9)
+    assert kernels.decorrelation_strength("relu", 1.0, b) == pytest.approx(
+        1 - cdf**2 / var, abs=1e-9
+    )
 
 
 @pytest.mark.parametrize("a", [0.1, 0.3, 0.7])
 def test_zeta_in_the_exponential_regime_of_elu(a):
     """ELU(a z - 15) = -1 + e^-15 e^(a z): lognormal, zeta = 1 - a^2 / (e^(a^2) - 1); not frozen."""
-    assert decorrelation_strength("elu", a, -15.0) == pytest.approx(
+    assert kernels.decorrelation_strength("elu", a, -15.0) == pytest.approx(
         1 - a * a / math.expm1(a * a), abs=1e-8
     )
 
 
 def test_frozen_unit_has_zeta_one_and_no_normalised_form():
-    assert decorrelation_strength("relu", 1.0, -20.0) == 1.0
-    assert decorrelation_strength("tanh", 0.0, 0.5) == 1.0
+    assert kernels.decorrelation_strength("relu", 1.0, -20.0) == 1.0
+    assert kernels.decorrelation_strength("tanh", 0.0, 0.5) == 1.0
     with pytest.raises(ValueError, match="constant"):
-        normalised_activation("relu", 1.0, -20.0)
+        kernels.normalised_activation("relu", 1.0, -20.0)
 
 
 def test_unknown_activation_lists_the_valid_ones():
     with pytest.raises(ValueError, match="relu, leaky_relu, tanh") as err:
-        decorrelation_strength("rleu")
+        kernels.decorrelation_strength("rleu")
     assert all(name in str(err.value) for name in KERNEL_ACTIVATIONS)
     with pytest.raises(ValueError, match="auto, closed, interpolant, series, quadrature"):
-        kernel("relu", method="exact")
+        kernels.kernel("relu", method="exact")
 
 
 def test_gauss_hermite_is_for_the_standard_normal_and_exact_on_polynomials():
     z, w = gauss_hermite(20)
     moments = [float(w @ z**k) for k in range(9)]
     assert moments == pytest.approx([1, 0, 1, 0, 3, 0, 15, 0, 105], abs=1e-10)
-    h = hermite_functions(z, 12)
+    h = kernels.hermite_functions(z, 12)
     assert (w * h.T) @ h == pytest.approx(torch.eye(13, dtype=torch.float64), abs=1e-10)
     # a quadratic activation is h_2 after normalisation: exactly one coefficient
-    c = hermite_coefficients(lambda x: x**2, terms=8, rule=gauss_hermite(20))
+    c = kernels.hermite_coefficients(lambda x: x**2, terms=8, rule=gauss_hermite(20))
     assert c == pytest.approx(torch.eye(9, dtype=torch.float64)[2], abs=1e-12)
 
 
 def test_gauss_hermite_and_panel_rule_agree_on_smooth_activations():
     for name in ("tanh", "gelu", "sigmoid"):
-        gh = hermite_coefficients(name, terms=20, rule=gauss_hermite(200))
-        panel = hermite_coefficients(name, terms=20)
+        gh = kernels.hermite_coefficients(name, terms=20, rule=gauss_hermite(200))
+        panel = kernels.hermite_coefficients(name, terms=20)
         assert gh == pytest.approx(panel, abs=1e-10)
 
 
 def test_gauss_hermite_is_slow_across_a_kink():
     """Why the panel rule is the default: O(1/n) error for ReLU with Gauss-Hermite."""
     exact = 1 - math.pi / (2 * math.pi - 2)
-    c = hermite_coefficients("relu", terms=1, rule=gauss_hermite(200))
+    c = kernels.hermite_coefficients("relu", terms=1, rule=gauss_hermite(200))
     assert abs(1 - float(c[1]) ** 2 - exact) > 1e-4
 
 
 @pytest.mark.parametrize("name", ("relu", "tanh", "gelu", "selu", "sign"))
 def test_normalisation_and_parseval(name):
     z, w = panel_rule(1.0, 0.0, KERNEL_ACTIVATIONS[name].kinks)
-    f = normalised_activation(name)(z)
+    f = kernels.normalised_activation(name)(z)
     assert float(w @ f) == pytest.approx(0.0, abs=1e-12)
     assert float(w @ f**2) == pytest.approx(1.0, abs=1e-12)
-    c = hermite_coefficients(name, terms=200)
+    c = kernels.hermite_coefficients(name, terms=200)
     assert float(c[0]) == pytest.approx(0.0, abs=1e-12)
     # sum c_k^2 -> 1: the tail beyond 200 terms is O(K^-1/2) at a jump, O(K^-3/2) at a kink
     tail = 1 - float((c**2).sum())
@@ -124,12 +116,16 @@ def test_normalisation_and_parseval(name):
 
 def test_relu_kernel_matches_the_arc_cosine_closed_form():
     rho = np.linspace(-1.0, 1.0, 41)
-    assert kernel_quadrature("relu", rho) == pytest.approx(relu_kernel(rho), abs=1e-6)
-    assert kernel("relu")(rho) == pytest.approx(relu_kernel(rho), abs=0)
-    assert float(relu_kernel(0.5)) == pytest.approx(0.426, abs=5e-4)  # the paper's spot check
+    assert kernels.kernel_quadrature("relu", rho) == pytest.approx(
+        kernels.relu_kernel(rho), abs=1e-6
+    )
+    assert kernels.kernel("relu")(rho) == pytest.approx(kernels.relu_kernel(rho), abs=0)
+    assert float(kernels.relu_kernel(0.5)) == pytest.approx(
+        0.426, abs=5e-4
+    )  # the paper's spot check
     # the series converges to it, slowly (its error at rho = 1 is the tail, ~ K^-3/2)
-    assert kernel("relu", method="series", terms=200)(rho) == pytest.approx(
-        relu_kernel(rho), abs=1e-4
+    assert kernels.kernel("relu", method="series", terms=200)(rho) == pytest.approx(
+        kernels.relu_kernel(rho), abs=1e-4
     )
 
 
@@ -138,20 +134,26 @@ def test_quadrature_is_exact_near_rho_one_where_the_inner_expectation_has_a_shar
     outer panel edges)."""
     theta = np.array([0.0, 0.01, 0.03, 0.1, math.pi - 0.1, math.pi - 0.03, math.pi - 0.01])
     rho = np.cos(theta)
-    assert kernel_quadrature("relu", rho) == pytest.approx(relu_kernel(rho), abs=1e-13)
-    assert kernel_quadrature("sign", rho) == pytest.approx(sign_kernel(rho), abs=1e-13)
+    assert kernels.kernel_quadrature("relu", rho) == pytest.approx(
+        kernels.relu_kernel(rho), abs=1e-13
+    )
+    assert kernels.kernel_quadrature("sign", rho) == pytest.approx(
+        kernels.sign_kernel(rho), abs=1e-13
+    )
 
 
 def test_sign_kernel_matches_the_arcsine_closed_form():
     rho = np.linspace(-1.0, 1.0, 21)
-    assert kernel_quadrature("sign", rho) == pytest.approx(sign_kernel(rho), abs=1e-6)
+    assert kernels.kernel_quadrature("sign", rho) == pytest.approx(
+        kernels.sign_kernel(rho), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ("tanh", "gelu", "sigmoid"))
 def test_series_matches_quadrature_for_smooth_activations(name):
     rho = np.linspace(-1.0, 1.0, 11)
-    series = kernel(name, method="series", terms=64)(rho)
-    assert series == pytest.approx(kernel_quadrature(name, rho), abs=1e-7)
+    series = kernels.kernel(name, method="series", terms=64)(rho)
+    assert series == pytest.approx(kernels.kernel_quadrature(name, rho), abs=1e-7)
 
 
 GRID_RHO = np.array([-1.0, -0.999, -0.95, -0.6, 0.2, 0.85, 0.93, 0.9999, 1.0])
@@ -163,8 +165,8 @@ GRID_AB = [(1.0, 0.0), (1.6, -0.7)]
 def test_default_kernel_equals_the_quadrature_to_1e_10(name, a, b):
     """Every activation x scale x bias x rho, including rho near +-1 where kinks make kappa
     singular and the 64-term series is off by up to 1e-1."""
-    assert kernel(name, a, b)(GRID_RHO) == pytest.approx(
-        kernel_quadrature(name, GRID_RHO, a, b), abs=1e-10
+    assert kernels.kernel(name, a, b)(GRID_RHO) == pytest.approx(
+        kernels.kernel_quadrature(name, GRID_RHO, a, b), abs=1e-10
     )
 
 
@@ -210,7 +212,7 @@ def test_biased_relu_and_sign_kernels_against_scipy(a, b):
     rho = [-0.99, -0.4, 0.3, 0.97]
     for name, (f, conditional, mean, var) in cases.items():
         expected = [_gaussian_conditional_kernel(f, conditional, mean, var, a, b, r) for r in rho]
-        assert kernel(name, a, b)(rho) == pytest.approx(expected, abs=1e-10), name
+        assert kernels.kernel(name, a, b)(rho) == pytest.approx(expected, abs=1e-10), name
 
 
 @pytest.mark.parametrize("a", [0.5, 0.9])
@@ -219,7 +221,7 @@ def test_elu_in_its_exponential_regime_is_a_lognormal_kernel(a):
     (e^(a^2 rho) - 1) / (e^(a^2) - 1), a closed form at a scale and bias far from (1, 0)."""
     rho = np.array([-1.0, -0.5, 0.0, 0.7, 1.0])
     expected = np.expm1(a * a * rho) / math.expm1(a * a)
-    assert kernel("elu", a, -14.0)(rho) == pytest.approx(expected, abs=1e-10)
+    assert kernels.kernel("elu", a, -14.0)(rho) == pytest.approx(expected, abs=1e-10)
 
 
 def test_gelu_tail_is_x_phi_x():
@@ -232,55 +234,59 @@ def test_the_frozen_threshold_is_relative_and_near_rounding():
     """ELU(0.3 z - 20): sd / rms ~ 6e-10 is resolved (zeta = 1 - a^2 / (e^(a^2) - 1) = 0.044);
     a constant is frozen."""
     a = 0.3
-    assert decorrelation_strength("elu", a, -20.0) == pytest.approx(
+    assert kernels.decorrelation_strength("elu", a, -20.0) == pytest.approx(
         1 - a * a / math.expm1(a * a), abs=1e-5
     )
-    assert decorrelation_strength("tanh", 0.0, 0.3) == 1.0
+    assert kernels.decorrelation_strength("tanh", 0.0, 0.3) == 1.0
 
 
 @pytest.mark.parametrize("name", SMOOTH_AND_KINKED + ("sign",))
 def test_kernel_properties(name):
     """kappa(0) = 0, |kappa| <= |rho|, kappa'(0) = c_1^2 = 1 - zeta, kappa(1) = 1."""
     rho = np.linspace(-1.0, 1.0, 401)
-    kappa = kernel(name)
+    kappa = kernels.kernel(name)
     values = kappa(rho)
     assert float(kappa(0.0)) == pytest.approx(0.0, abs=1e-12)
     assert np.all(np.abs(values) <= np.abs(rho) + 1e-12)
     h = 1e-5
     slope = (kappa(h) - kappa(-h)) / (2 * h)
-    assert float(slope) == pytest.approx(1 - decorrelation_strength(name), abs=1e-5)
-    exact = kernel_quadrature(name, [1.0])
+    assert float(slope) == pytest.approx(1 - kernels.decorrelation_strength(name), abs=1e-5)
+    exact = kernels.kernel_quadrature(name, [1.0])
     assert float(exact[0]) == pytest.approx(1.0, abs=1e-10)
 
 
 def test_frozen_probability_closed_forms():
     for a, b in [(1.0, 0.0), (1.0, -1.0), (2.0, 1.5), (0.5, -2.0)]:
-        assert frozen_probability("relu", a, b, 1e-8) == pytest.approx(_cdf(-b / a), abs=1e-9)
+        assert kernels.frozen_probability("relu", a, b, 1e-8) == pytest.approx(
+            _cdf(-b / a), abs=1e-9
+        )
     # tanh(a z): |a (1 - tanh^2)| < eps  <=>  |a z| > atanh(sqrt(1 - eps / a))
     for a in (2.0, 5.0, 10.0, 100.0):
         t = math.atanh(math.sqrt(1 - 1e-4 / a)) / a
-        assert frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(2 * _cdf(-t), abs=1e-9)
-    assert frozen_probability("identity") == 0.0
-    assert frozen_probability("sign") == 1.0
+        assert kernels.frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(
+            2 * _cdf(-t), abs=1e-9
+        )
+    assert kernels.frozen_probability("identity") == 0.0
+    assert kernels.frozen_probability("sign") == 1.0
 
 
 def test_frozen_probability_reference_values():
     """The tanh(a z) table of docs/theory.md, eps = 1e-4."""
     table = {0.5: 0.0, 1.0: 0.0, 2.0: 0.005, 5.0: 0.22, 10.0: 0.52, 100.0: 0.94}
     for a, p in table.items():
-        assert frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(p, abs=5e-3)
+        assert kernels.frozen_probability("tanh", a, 0.0, 1e-4) == pytest.approx(p, abs=5e-3)
 
 
 def test_zeta_is_monotone_in_relu_bias_and_tanh_gain():
     """Fig. A.2: zeta rises as the ReLU bias falls and as the tanh gain grows, toward freezing."""
     biases = np.linspace(-3.0, 3.0, 61)
-    zeta_b = np.array([decorrelation_strength("relu", 1.0, b) for b in biases])
-    dead = np.array([frozen_probability("relu", 1.0, b, 1e-8) for b in biases])
+    zeta_b = np.array([kernels.decorrelation_strength("relu", 1.0, b) for b in biases])
+    dead = np.array([kernels.frozen_probability("relu", 1.0, b, 1e-8) for b in biases])
     assert np.all(np.diff(zeta_b) < 0) and np.all(np.diff(dead) < 0)
     assert zeta_b[0] > 0.99 and dead[0] > 0.99
     gains = np.logspace(-1.0, 2.0, 61)
-    zeta_a = np.array([decorrelation_strength("tanh", a, 0.0) for a in gains])
-    frozen = np.array([frozen_probability("tanh", a, 0.0, 1e-4) for a in gains])
+    zeta_a = np.array([kernels.decorrelation_strength("tanh", a, 0.0) for a in gains])
+    frozen = np.array([kernels.frozen_probability("tanh", a, 0.0, 1e-4) for a in gains])
     assert np.all(np.diff(zeta_a) > 0) and np.all(np.diff(frozen) >= 0)
     assert zeta_a[-1] < 1 - 2 / math.pi + 1e-3  # tanh(a z) -> sign as a -> infinity
     assert frozen[-1] > 0.9

@@ -10,17 +10,7 @@ from torch import nn
 
 from core.cloning import expand, manifold_distance
 from core.models import ModelConfig, build_model
-from core.theory import (
-    CloneStructure,
-    escape_rate,
-    hessian_vector_product,
-    lanczos,
-    model_loss,
-    normal_hessian_spectrum,
-    predicted_rate,
-    required_steps,
-    verdict,
-)
+from core.theory import CloneStructure, stability
 
 F64 = torch.float64
 
@@ -163,14 +153,16 @@ def _reduced(normal, symmetry, hessian):
 
 
 def _lanczos_on(model, loss_fn, steps):
-    return normal_hessian_spectrum(model, loss_fn, steps, torch.Generator().manual_seed(0))
+    return stability.normal_hessian_spectrum(
+        model, loss_fn, steps, torch.Generator().manual_seed(0)
+    )
 
 
 @pytest.mark.parametrize("activation, norm", [("tanh", "none"), ("relu", "batch")])
 def test_lanczos_matches_the_dense_reduced_normal_hessian(activation, norm):
     model = _tiny_clone(activation, norm)
     x, y = _batch()
-    loss_fn = model_loss(model, x, y)
+    loss_fn = stability.model_loss(model, x, y)
     hessian = _dense(model, loss_fn)
     normal, symmetry = _independent_spaces(model, x)
     # the symmetry directions are exact zero modes of the cross-entropy Hessian
@@ -189,7 +181,7 @@ def test_lanczos_matches_the_dense_reduced_normal_hessian(activation, norm):
     assert float(gaps.min(dim=1).values.max()) < 1e-7  # every Ritz value is an eigenvalue
     assert float(spectrum.residuals.max()) < 1e-7
     tol = 1e-6 * float(dense.abs().max())
-    assert spectrum.verdict == verdict(float(dense[0]), float(dense[-1]), tol)
+    assert spectrum.verdict == stability.verdict(float(dense[0]), float(dense[-1]), tol)
     v = _flat(spectrum.min_direction)
     assert float((basis @ (basis.T @ v) - v).norm()) < 1e-10  # a unit vector of N'
     assert float((hessian @ v - spectrum.lambda_min * v).norm()) < 1e-6
@@ -199,7 +191,7 @@ def test_relu_normal_spectrum_is_symmetric_and_a_saddle():
     """ReLU without normalisation: H|N couples only adjacent layers, so its spectrum is +-."""
     model = _tiny_clone("relu", "none", hidden=(3, 3, 3))
     x, y = _batch()
-    loss_fn = model_loss(model, x, y)
+    loss_fn = stability.model_loss(model, x, y)
     hessian = _dense(model, loss_fn)
     normal, symmetry = _independent_spaces(model, x)
     dense = torch.linalg.eigvalsh(normal.T @ hessian @ normal)
@@ -219,7 +211,7 @@ def test_constructed_stable_and_unstable_cases(sign, expected):
     on the manifold (still an LoP manifold); with lam above ||H_CE|N|| the sign decides."""
     model = _tiny_clone()
     x, y = _batch()
-    ce = model_loss(model, x, y)
+    ce = stability.model_loss(model, x, y)
     lam = 5.0
 
     def loss_fn(params):
@@ -233,7 +225,7 @@ def test_constructed_stable_and_unstable_cases(sign, expected):
     spectrum = _lanczos_on(model, loss_fn, basis.shape[1])
     assert spectrum.removed == ()
     assert spectrum.verdict == expected
-    assert spectrum.verdict == verdict(float(dense[0]), float(dense[-1]), 1e-6)
+    assert spectrum.verdict == stability.verdict(float(dense[0]), float(dense[-1]), 1e-6)
     assert spectrum.lambda_min == pytest.approx(float(dense[0]), abs=1e-8)
     assert spectrum.lambda_max == pytest.approx(float(dense[-1]), abs=1e-8)
 
@@ -241,18 +233,18 @@ def test_constructed_stable_and_unstable_cases(sign, expected):
 def test_hessian_products_do_not_touch_batchnorm_statistics():
     model = _tiny_clone("relu", "batch").train()
     before = {k: b.clone() for k, b in model.named_buffers()}
-    _lanczos_on(model, model_loss(model, *_batch()), 8)
+    _lanczos_on(model, stability.model_loss(model, *_batch()), 8)
     for k, b in model.named_buffers():
         assert torch.equal(b, before[k]), k
 
 
 def test_hessian_vector_product_matches_the_dense_hessian():
     model = _tiny_clone()
-    loss_fn = model_loss(model, *_batch())
+    loss_fn = stability.model_loss(model, *_batch())
     params = {k: p.detach() for k, p in model.named_parameters()}
     hessian = _dense(model, loss_fn)
     v = torch.randn(hessian.shape[0], generator=torch.Generator().manual_seed(5), dtype=F64)
-    hv = _flat(hessian_vector_product(loss_fn, params, _unflat(v, params)))
+    hv = _flat(stability.hessian_vector_product(loss_fn, params, _unflat(v, params)))
     assert torch.allclose(hv, hessian @ v, atol=1e-12)
 
 
@@ -262,7 +254,9 @@ def test_lanczos_on_a_known_spectrum_stops_at_the_invariant_subspace():
         torch.randn(7, 7, generator=torch.Generator().manual_seed(0), dtype=F64)
     )
     matrix = rotation @ torch.diag(values) @ rotation.T
-    ritz, vectors, residuals = lanczos(lambda v: matrix @ v, torch.ones(7, dtype=F64), steps=7)
+    ritz, vectors, residuals = stability.lanczos(
+        lambda v: matrix @ v, torch.ones(7, dtype=F64), steps=7
+    )
     assert ritz == pytest.approx(torch.tensor([-2.0, 0.5, 1.0, 3.0], dtype=F64), abs=1e-10)
     assert torch.allclose(matrix @ vectors, vectors * ritz, atol=1e-10)
     assert float(residuals.max()) == 0.0
@@ -270,18 +264,20 @@ def test_lanczos_on_a_known_spectrum_stops_at_the_invariant_subspace():
 
 def test_lanczos_residuals_are_the_true_residuals():
     diag = torch.linspace(-1.0, 2.0, 40, dtype=F64)
-    ritz, vectors, residuals = lanczos(lambda v: diag * v, torch.ones(40, dtype=F64), steps=6)
+    ritz, vectors, residuals = stability.lanczos(
+        lambda v: diag * v, torch.ones(40, dtype=F64), steps=6
+    )
     true = (diag[:, None] * vectors - vectors * ritz).norm(dim=0)
     assert torch.allclose(residuals, true, atol=1e-10)
     assert float(residuals.min()) > 1e-6  # six steps do not converge forty eigenvalues
 
 
 def test_verdict_follows_definition_a2():
-    assert verdict(0.1, 2.0, 1e-6) == "stable"
-    assert verdict(-2.0, -0.1, 1e-6) == "unstable"
-    assert verdict(-0.1, 2.0, 1e-6) == "saddle"
-    assert verdict(0.0, 2.0, 1e-6) == "degenerate"
-    assert verdict(-1.0, 1e-9, 1e-6) == "degenerate"
+    assert stability.verdict(0.1, 2.0, 1e-6) == "stable"
+    assert stability.verdict(-2.0, -0.1, 1e-6) == "unstable"
+    assert stability.verdict(-0.1, 2.0, 1e-6) == "saddle"
+    assert stability.verdict(0.0, 2.0, 1e-6) == "degenerate"
+    assert stability.verdict(-1.0, 1e-9, 1e-6) == "degenerate"
 
 
 def _quadratic(curvature):
@@ -308,18 +304,20 @@ def test_escape_rate_is_exact_for_a_quadratic_loss():
         for k, p in model.named_parameters()
     }
     lr = 0.1
-    need = required_steps(lr, -0.5)
+    need = stability.required_steps(lr, -0.5)
     assert need == 60
-    esc = escape_rate(
+    esc = stability.escape_rate(
         model, _quadratic(curvature), 1e-3, need, lr, g, direction, fit_from=0, curvature=-0.5
     )
     assert not esc.horizon_too_short and esc.required_steps == 60
     assert esc.distances[0] == pytest.approx(1e-3, rel=1e-12)
     assert esc.rate == pytest.approx(math.log(1 + lr * 0.5), abs=1e-12)
     assert esc.rate == pytest.approx(
-        predicted_rate(torch.tensor([-0.5, 1.0], dtype=F64), lr), abs=1e-12
+        stability.predicted_rate(torch.tensor([-0.5, 1.0], dtype=F64), lr), abs=1e-12
     )
-    short = escape_rate(model, _quadratic(curvature), 1e-3, 10, lr, g, direction, curvature=-0.5)
+    short = stability.escape_rate(
+        model, _quadratic(curvature), 1e-3, 10, lr, g, direction, curvature=-0.5
+    )
     assert short.horizon_too_short
     assert manifold_distance(model) == 0.0  # the model itself is untouched
 
@@ -328,12 +326,12 @@ def test_escape_along_the_softest_direction_of_an_mlp_follows_lambda_min():
     """To first order d_{t+1} = (I - lr P'HP') d_t; over a short horizon H barely moves."""
     model = _tiny_clone()
     x, y = _batch()
-    spectrum = _lanczos_on(model, model_loss(model, x, y), 40)
+    spectrum = _lanczos_on(model, stability.model_loss(model, x, y), 40)
     assert spectrum.lambda_min < 0
     lr = 0.05
-    esc = escape_rate(
+    esc = stability.escape_rate(
         model,
-        lambda m: model_loss(m, x, y),
+        lambda m: stability.model_loss(m, x, y),
         1e-7,
         20,
         lr,
@@ -352,19 +350,25 @@ def test_a_model_that_is_not_a_clone_has_no_normal_space():
     model = build_model(cfg, seed=0).to(F64)
     structure = CloneStructure({k: (None,) * p.dim() for k, p in model.named_parameters()})
     with pytest.raises(ValueError, match="not a clone"):
-        normal_hessian_spectrum(model, model_loss(model, *_batch()), 5, structure=structure)
+        stability.normal_hessian_spectrum(
+            model, stability.model_loss(model, *_batch()), 5, structure=structure
+        )
 
 
 def test_unknown_symmetry_family_lists_the_valid_ones():
     model = _tiny_clone()
     with pytest.raises(ValueError, match="equitable, softmax_shift"):
-        normal_hessian_spectrum(model, model_loss(model, *_batch()), 5, symmetries=("scale",))
+        stability.normal_hessian_spectrum(
+            model, stability.model_loss(model, *_batch()), 5, symmetries=("scale",)
+        )
 
 
 def test_model_loss_uses_the_models_mode():
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).to(F64).train()
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
-    loss = model_loss(model, x, torch.zeros(8, 3, dtype=F64), lambda o, y: o.pow(2).mean())
+    loss = stability.model_loss(
+        model, x, torch.zeros(8, 3, dtype=F64), lambda o, y: o.pow(2).mean()
+    )
     params = {k: p.detach() for k, p in model.named_parameters()}
     assert float(loss(params)) == pytest.approx(1.0, abs=1e-3)  # batch statistics: unit variance
     assert torch.equal(model[1].running_mean, torch.zeros(3, dtype=F64))
