@@ -20,6 +20,12 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# The suite without the end-to-end tests marked slow (sweeps, SLURM): a developer's inner loop;
+# CI runs the whole suite.
+.PHONY: test-fast
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow'
+
 LINT_PATHS = core sweeps cluster analysis benchmarks tests
 lint: install
 	$(PY) -m ruff check $(wildcard $(LINT_PATHS))

@@ -302,7 +302,7 @@ class CloningState:
             "model": current.state_dict(),
             **base,
             "learners": {name: x.state_dict() for name, x in self.learners().items()},
-            "random": lifecycle.random_state(self.streams),
+            "random": {name: g.get_state() for name, g in self.streams.items()},
             "order": self.order.state_dict(),
             "summary": self.summary,
         }
@@ -319,7 +319,8 @@ class CloningState:
             self.clone = learner(cfg, clone.to(device).train(), "clone", self.streams)
         for name, x in self.learners().items():
             x.load_state_dict(state["learners"][name])
-        lifecycle.set_random_state(self.streams, state["random"])
+        for name, g in self.streams.items():
+            g.set_state(state["random"][name])
         self.order.load_state_dict(state["order"])
         self.summary = state["summary"]
 

@@ -11,9 +11,8 @@ so `core.run.schema` and `core.run.config` stay torch-free for analysis and swee
 - `core.run.build`: `build_optimizer`, `build_interventions` (-> `Interventions`),
   `intervention_streams`.
 - `core.run.record`: `RunRecord` (the sink), `load_metrics`.
-- `core.run.lifecycle`: `run_recorded`, `resolve_device`, `generators`, `random_state`,
-  `set_random_state`, `DropoutStream`, `RunningStats`, `Divergence`, `DIVERGENCE_CEILING`,
-  `CheckpointPolicy`, `end_interval` (a log point: divergence check, rows, checkpoint).
+- `core.run.lifecycle`: `run_recorded`, `resolve_device`, `generators`, `DropoutStream`,
+  `RunningStats`, `Divergence`, `DIVERGENCE_CEILING`, `CheckpointPolicy`, `end_interval` (a log point: divergence check, rows, checkpoint).
 - `core.run.cli`: `main(experiment, Config, run)`, the `python -m core.experiments.<name>`
   command, and its `EXIT_CODES`.
 """

@@ -63,26 +63,6 @@ def generators(
     return {p: torch.Generator(device).manual_seed(seed_for(seed, p, *index)) for p in purposes}
 
 
-def random_state(streams: Mapping[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    """The state of the given generators and of torch's global RNGs (which dropout draws from)."""
-    state = {name: g.get_state() for name, g in streams.items()}
-    state["torch_cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            state[f"torch_cuda{i}"] = s
-    return state
-
-
-def set_random_state(streams: Mapping[str, torch.Generator], state: Mapping[str, Any]) -> None:
-    """Restore what `random_state` saved."""
-    for name, g in streams.items():
-        g.set_state(state[name])
-    torch.set_rng_state(state["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda = [state[f"torch_cuda{i}"] for i in range(torch.cuda.device_count())]
-        torch.cuda.set_rng_state_all(cuda)
-
-
 class DropoutStream:
     """One model's dropout masks: torch's global RNG (which `nn.Dropout` and attention dropout
     draw from) set to this model's own state, seeded `seed_for(seed, "dropout", *index)`, for the

@@ -2,8 +2,9 @@
 
     python tests/sweeps/ray_probe.py IP PORT [PORT ...] --gcs PORT
 
-For each port it tries what a client of that port would: HTTP (the dashboard, the agents), and
-gRPC calls of Ray's services (GCS, raylet, core worker, agents); then `ray.init` against the GCS.
+For each port, all at once (a thread each), it tries what a client of that port would: HTTP (the
+dashboard, the agents), and gRPC calls of Ray's services (GCS, raylet, core worker, agents);
+meanwhile `ray.init` against the GCS.
 A port is open when any of these is served without the token: an HTTP answer other than 401/403,
 a gRPC status other than UNAUTHENTICATED or UNIMPLEMENTED (a method the port does not serve).
 Prints one JSON line: {"open": [[port, what], ...], "unauthenticated": [ports], "ray_init": ...}.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -69,6 +71,13 @@ def probe_grpc(ip: str, port: int) -> tuple[str | None, bool]:
     return None, refused
 
 
+def probe_port(ip: str, port: int) -> tuple[str | None, bool]:
+    """(what `port` served without the token, or None; whether a gRPC call was refused as
+    unauthenticated): HTTP first, then gRPC when HTTP was not served."""
+    what = probe_http(ip, port)
+    return (what, False) if what is not None else probe_grpc(ip, port)
+
+
 def probe_ray_init(ip: str, gcs_port: int) -> str:
     import ray
 
@@ -88,17 +97,15 @@ def main() -> None:
     parser.add_argument("--gcs", type=int, required=True)
     args = parser.parse_args()
     assert "RAY_AUTH_TOKEN_PATH" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ
-    opened, refused = [], []
-    for port in args.ports:
-        what = probe_http(args.ip, port)
-        if what is None:
-            what, unauthenticated = probe_grpc(args.ip, port)
-            if unauthenticated:
-                refused.append(port)
-        if what is not None:
-            opened.append([port, what])
-    result = {"open": opened, "unauthenticated": refused}
-    result["ray_init"] = probe_ray_init(args.ip, args.gcs)
+    with ThreadPoolExecutor(max_workers=len(args.ports)) as pool:  # every port at once
+        found = pool.map(lambda port: probe_port(args.ip, port), args.ports)
+        ray_init = probe_ray_init(args.ip, args.gcs)  # meanwhile, in the main thread
+        found = list(found)
+    result = {
+        "open": [[port, what] for port, (what, _) in zip(args.ports, found) if what],
+        "unauthenticated": [port for port, (_, no) in zip(args.ports, found) if no],
+        "ray_init": ray_init,
+    }
     print(json.dumps(result), flush=True)
 
 

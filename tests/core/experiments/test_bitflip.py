@@ -84,7 +84,7 @@ def test_command_line_runs_sgd_then_cbp(tmp_path):
             sys.executable,
             "-m",
             "core.experiments.bitflip",
-            "steps=200000",
+            "steps=40000",
             "method=sgd_then_cbp",
             "--run-dir",
             str(run_dir),
@@ -102,18 +102,18 @@ def test_command_line_runs_sgd_then_cbp(tmp_path):
         "sgd_then_cbp",
         0.01,
         42,
-        100_000,
+        20_000,  # the default: steps // 2
     )
     frame = load_metrics(member)
     loss = frame[(frame.split == "train") & (frame.metric == "loss")]
-    assert loss.step.tolist() == list(range(1000, 200_001, 1000))
+    assert loss.step.tolist() == list(range(1000, 40_001, 1000))
     assert loss.value.notna().all()
     probe = frame[frame.split == "probe"]
-    assert set(probe.step) == set(range(10_000, 200_001, 10_000))
+    assert set(probe.step) == set(range(10_000, 40_001, 10_000))  # the default cadence
     assert {"loss", "effective_rank"} <= set(probe.metric)
     replaced = frame[(frame.split == "train") & (frame.metric == "cbp_replaced")]
-    assert set(replaced.layer) == {"hidden"} and len(replaced) == 200
-    assert replaced[replaced.step <= 100_000].value.sum() == 0  # SGD before the switch
+    assert set(replaced.layer) == {"hidden"} and len(replaced) == 40
+    assert replaced[replaced.step <= 20_000].value.sum() == 0  # SGD before the switch
     assert replaced.value.sum() > 0
     assert json.loads((member / "status.json").read_text())["status"] == "completed"
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
