@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
@@ -49,9 +50,16 @@ def _nested_dataclass(tp: Any) -> type | None:
     return None
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of dataclass `cls` (resolving them is slow, and a sweep's plan
+    builds thousands of configs of a few classes)."""
+    return typing.get_type_hints(cls)
+
+
 def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
     """Every settable dotted key of dataclass `cls` and its annotation, in declaration order."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         nested = _nested_dataclass(hints[f.name])
@@ -135,7 +143,7 @@ def parse_value(text: str, tp: Any) -> Any:
 def _build(cls: type, base: Any, values: Mapping[str, Any]) -> Any:
     """A `cls` instance: `base` with the dotted `values` replaced; a nested spec's ValueError
     is re-raised with the key's path."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
@@ -214,7 +222,7 @@ def _text(value: Any) -> str:
 
 
 def _help_lines(cls: type, instance: Any, prefix: str) -> list[str]:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     docs = field_docs(cls)
     lines = []
     for f in dataclasses.fields(cls):

@@ -79,6 +79,10 @@ def probe_port(ip: str, port: int) -> tuple[str | None, bool]:
 
 
 def probe_ray_init(ip: str, gcs_port: int) -> str:
+    # Ray retries its first GCS call 20 times, a second apart (by default), for a GCS still
+    # starting; the callers probe a running GCS (a sweep's trials run, a head's node is up), so
+    # 3 tries: a refusal in ~3 s, not ~20 s (with the token, the first try connects)
+    os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "3")
     import ray
 
     try:
