@@ -119,7 +119,7 @@ class SweepJob(Checkpointable):
         while self._driver.returncode is None:
             if not self._head.alive:
                 raise self._head.failure("exited during the sweep")
-            time.sleep(1)
+            time.sleep(0.2)
         if self._driver.returncode == 1 and summary.exists():  # the sweep ran; points failed
             failures = json.loads(summary.read_text())["failures"]
             raise RuntimeError(
@@ -146,7 +146,7 @@ class SweepJob(Checkpointable):
             driver.send_signal(signal.SIGUSR1)
             deadline = time.monotonic() + DRIVER_STOP_TIMEOUT_S
             while driver.returncode is None and time.monotonic() < deadline:
-                time.sleep(0.5)
+                time.sleep(0.1)
             if driver.returncode is None:
                 print("the driver did not stop in time: killing it", flush=True)
                 driver.kill()

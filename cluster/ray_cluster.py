@@ -54,19 +54,28 @@ NODE_PORTS = (  # of the Ray processes of each node
 MAX_NODES_PER_HOST = (PORTS_PER_JOB - len(HEAD_PORTS)) // len(NODE_PORTS)
 OBJECT_STORE_SHARE = 0.3  # of the allocation's memory
 HEAD_WAIT_S = 300  # a worker waits this long for the head to come up
-HEAD_POLL_S = 2  # a worker checks the head this often, and leaves after 3 misses in a row
-# The alive nodes of a Ray cluster, head first, as JSON: run in a child process, so that no Ray
-# client of the job process outlives the cluster.
-_LIST_ALIVE_NODES = """
-import json, sys
+HEAD_POLL_S = 1  # a worker checks the head this often, and leaves after 3 misses in a row
+NODES_POLL_S = 0.5  # the head checks this often whether every node has joined
+# Wait until ARGV[2] nodes of the Ray cluster at ARGV[1] are alive, for at most ARGV[3] seconds;
+# print the alive nodes, head first, as JSON. One client connects once and polls (importing Ray
+# and connecting take seconds: a fresh one per poll slowed the nodes' own start), in a child
+# process, so that no Ray client of the job process outlives the cluster.
+_WAIT_FOR_ALIVE_NODES = """
+import json, sys, time
 import ray
-ray.init(address=sys.argv[1], log_to_driver=False)
-head_first = sorted(ray.nodes(), key=lambda n: "node:__internal_head__" not in n["Resources"])
-print(json.dumps([
-    {"ip": n["NodeManagerAddress"], "cpus": n["Resources"].get("CPU", 0),
-     "gpus": n["Resources"].get("GPU", 0)}
-    for n in head_first if n["Alive"]
-]))
+address, count, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+ray.init(address=address, log_to_driver=False)
+while True:
+    nodes = sorted(ray.nodes(), key=lambda n: "node:__internal_head__" not in n["Resources"])
+    alive = [
+        {"ip": n["NodeManagerAddress"], "cpus": n["Resources"].get("CPU", 0),
+         "gpus": n["Resources"].get("GPU", 0)}
+        for n in nodes if n["Alive"]
+    ]
+    if len(alive) >= count or time.monotonic() > deadline:
+        break
+    time.sleep(float(sys.argv[4]))
+print(json.dumps(alive))
 """
 
 
@@ -263,17 +272,30 @@ class RayNode:
             if not self.alive:
                 raise self.failure(f"exited with {self.process.returncode} while starting")
             if _port_open(host, int(port)):
-                out = subprocess.run(
-                    [sys.executable, "-c", _LIST_ALIVE_NODES, self.address],
-                    capture_output=True,
+                left = max(deadline - time.monotonic(), 0)
+                client = subprocess.Popen(
+                    [sys.executable, "-c", _WAIT_FOR_ALIVE_NODES, self.address, str(count)]
+                    + [f"{left:.1f}", str(NODES_POLL_S)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                     text=True,
                     env=self.env,
-                    timeout=120,
                 )
-                alive = json.loads(out.stdout.splitlines()[-1]) if out.returncode == 0 else []
+                while True:
+                    try:
+                        stdout, _ = client.communicate(timeout=NODES_POLL_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if not self.alive or time.monotonic() > deadline + 30:
+                            client.kill()
+                            client.communicate()
+                            stdout = ""
+                            break
+                lines = stdout.splitlines() if client.returncode == 0 else []
+                alive = json.loads(lines[-1]) if lines else []
                 if len(alive) >= count:
                     return alive
-            time.sleep(1)
+            time.sleep(NODES_POLL_S)  # not up yet, or the client failed to connect: again
         workers = self.log_path.name.replace("_ray_head.log", "_ray_worker<node>.log")
         raise self.failure(
             f"{len(alive)} of {count} nodes alive after {timeout_s:.0f} s (the other nodes' "

@@ -150,7 +150,10 @@ def start_local_slurm(root: Path, nodes: int = 1, timeout_s: float = 120) -> Loc
         db_port, db_password = _start_mariadb(cluster)
         ctld_port, dbd_port = _free_port(), _free_port()
         slurmd_ports = [_free_port() for _ in cluster.nodes]
-        auth = f"AuthType=auth/munge\nAuthInfo=socket={munge_socket},cred_expire=10\n"
+        # cred_expire: a requeued job is held this long (+1 s) before it may start again, so
+        # that its old job credential has expired (120 s by default); 5 is the least SLURM
+        # accepts (it falls back to 120 below that), and ample for launches on localhost.
+        auth = f"AuthType=auth/munge\nAuthInfo=socket={munge_socket},cred_expire=5\n"
         dbd_conf = root / "slurmdbd.conf"
         dbd_conf.write_text(
             auth + f"DbdHost=localhost\nDbdAddr=127.0.0.1\nDbdPort={dbd_port}\nSlurmUser=root\n"
@@ -241,7 +244,7 @@ def _wait(cluster: LocalSlurm, what: str, deadline: float, ready: Callable[[], b
         if dead or time.monotonic() > deadline:
             why = f"{', '.join(dead)} exited" if dead else "timed out"
             raise RuntimeError(f"local SLURM: waiting for {what}: {why}\n{cluster.logs()}")
-        time.sleep(0.3)
+        time.sleep(0.1)
 
 
 def _start_munge(cluster: LocalSlurm) -> Path:

@@ -70,7 +70,7 @@ def _finish_after_requeue(job) -> str:
     deadline = time.monotonic() + 300
     while not job.done():  # through the requeue and the second run
         assert time.monotonic() < deadline, f"the sweep did not finish\n{_job_log(job)[-3000:]}"
-        time.sleep(1)
+        time.sleep(0.25)
     summary = job.result()  # raises with the log paths if the job failed
     log = _job_log(job)
     assert f"Requeued job {job.job_id}" in log
@@ -148,13 +148,23 @@ def test_failed_sweep_job_names_its_logs_and_keeps_ray_logs(slurm: LocalSlurm, t
     shutil.rmtree(temp_dir)
 
 
+# Job states of accounting that are not final (slurmdbd records the end a moment after the job
+# has left the queue).
+_NOT_FINAL = {"", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "RESIZING"}
+
+
 def _wait_until_gone(slurm: LocalSlurm, job_id: str, timeout_s: float = 120) -> str:
     """Wait until every task of the job has ended; its final state from accounting."""
     deadline = time.monotonic() + timeout_s
-    while slurm.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip():
-        assert time.monotonic() < deadline, f"job {job_id} still in the queue"
-        time.sleep(1)
-    return slurm.run("sacct", "-j", job_id, "-X", "-n", "-o", "State").stdout.strip()
+    while True:
+        queued = slurm.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
+        state = ""
+        if not queued:
+            state = slurm.run("sacct", "-j", job_id, "-X", "-n", "-o", "State").stdout.strip()
+            if state.split(" ")[0] not in _NOT_FINAL:
+                return state
+        assert time.monotonic() < deadline, f"job {job_id}: {queued or state or 'no record'}"
+        time.sleep(0.25)
 
 
 @pytest.mark.slow
