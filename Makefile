@@ -17,14 +17,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[sweeps,cluster,test]'
 	touch $@
 
+# Two pytest workers (pytest-xdist): the end-to-end tests (marked slow) run one after another on
+# one of them, everything else on the other (tests/conftest.py); TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The suite without the end-to-end tests marked slow (sweeps, SLURM): a developer's inner loop;
 # CI runs the whole suite.
 .PHONY: test-fast
 test-fast: install
-	$(PY) -m pytest -q -m 'not slow'
+	$(PYTEST) -m 'not slow'
 
 LINT_PATHS = core sweeps cluster analysis benchmarks tests
 lint: install

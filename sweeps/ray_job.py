@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 # The environment of a head's processes: how its job supervisor stops a driver job.
 JOB_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "30"}
 STOPPED_EXIT = 1  # a stopped sweep is unfinished
-POLL_S = 1.0
+POLL_S = 0.25  # the job's status: a local HTTP call
 TAIL_LINES = 40  # of a failed job's log, repeated on stderr
 AGENT_WAIT_S = 120.0  # how long a submission waits for the head's job agent
 
@@ -79,7 +79,7 @@ class _LogFollower(threading.Thread):
         except Exception:  # noqa: BLE001 - a lost stream: `finish` writes the rest
             pass
 
-    def finish(self, timeout_s: float = 10.0) -> None:
+    def finish(self, timeout_s: float = 2.0) -> None:
         """After the job ended: wait for the stream's end, then write what it missed."""
         self.join(timeout_s)
         with self.lock:

@@ -14,3 +14,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Under `pytest -n 2 --dist loadgroup` (make test), the end-to-end tests (marked slow: real
+    sweeps, SLURM, subprocess runs) go to one worker, one after another, so two of them never
+    compete for the cores and their kill and preemption windows; the other worker runs the rest."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("end_to_end"))
