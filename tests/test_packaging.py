@@ -138,7 +138,7 @@ def test_the_extras_are_what_the_readme_says():
     assert extras == {
         "sweeps": {"ray", "mlflow"},
         "cluster": {"ray", "mlflow", "submitit"},
-        "test": {"pytest", "ruff"},
+        "test": {"pytest", "pytest-xdist", "ruff"},
     }
     assert "ray[tune,default]" in "".join(project["optional-dependencies"]["sweeps"])
     makefile = (REPO / "Makefile").read_text()
